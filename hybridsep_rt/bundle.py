@@ -1,0 +1,330 @@
+"""The model bundle: a folder of ONNX graphs, a tokenizer and a manifest that describes and checks them.
+
+Layout (``hybridsep export`` writes it, :meth:`Bundle.load` reads and validates it)::
+
+    bundle/
+      manifest.json        format version, sizes, graphs (files, sha256, inputs/outputs, parity), provenance
+      text_encoder.onnx    (input_ids, attention_mask) -> text_embedding
+      aet.onnx             (mixture, text_embedding) -> target_embedding     absent for a one-stage model
+      asm.onnx             (mixture, target_embedding) -> separated
+      audio_encoder.onnx   (wave) -> audio_embedding                         query by example, CLAPScore
+      *.fp16.onnx          optional fp16 variants of the graphs (same inputs and outputs)
+      tokenizer.json       a `tokenizers` tokenizer of the text encoder
+
+manifest.json::
+
+    {"format": "hybridsep-bundle", "format_version": 1,
+     "sample_rate": 44100, "window_samples": 441000, "embedding_dim": 256, "max_text_tokens": 64,
+     "one_stage": false,
+     "tokenizer": {"file": "tokenizer.json", "sha256": "..."},
+     "graphs": {"asm": {"inputs": [{"name": "mixture", "shape": ["batch", 441000], "dtype": "float32"}, ...],
+                        "outputs": [...],
+                        "variants": {"fp32": {"file": "asm.onnx", "sha256": "...", "parity": {...}},
+                                     "fp16": {...}}},
+                ...},
+     "provenance": {"config": {...}, "git_commit": "...", "evaluation": {...}, "created": "...", ...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "TOKENIZER_FILE",
+    "TEXT_ENCODER",
+    "AET",
+    "ASM",
+    "AUDIO_ENCODER",
+    "GRAPH_IO",
+    "PRECISIONS",
+    "BundleError",
+    "TensorSpec",
+    "GraphVariant",
+    "GraphInfo",
+    "Bundle",
+    "graph_file_name",
+    "session_io",
+    "sha256_file",
+]
+
+FORMAT = "hybridsep-bundle"
+FORMAT_VERSION = 1  # bump when the manifest or a graph's inputs/outputs change incompatibly
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+TEXT_ENCODER = "text_encoder"
+AET = "aet"
+ASM = "asm"
+AUDIO_ENCODER = "audio_encoder"
+
+# The input and output names of each graph, in order: the contract between the exporter and the runtime.
+GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    TEXT_ENCODER: (("input_ids", "attention_mask"), ("text_embedding",)),
+    AET: (("mixture", "text_embedding"), ("target_embedding",)),
+    ASM: (("mixture", "target_embedding"), ("separated",)),
+    AUDIO_ENCODER: (("wave",), ("audio_embedding",)),
+}
+
+PRECISIONS = ("fp32", "fp16")
+
+# onnxruntime's element type names -> numpy dtype names used in the manifest.
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(bool)": "bool",
+}
+
+_HASH_CHUNK = 1 << 20
+
+
+class BundleError(Exception):
+    """A bundle is missing, incomplete, corrupt or of another format version."""
+
+
+def graph_file_name(graph: str, precision: str = "fp32") -> str:
+    """``asm.onnx`` for fp32, ``asm.fp16.onnx`` for fp16."""
+    return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, shape (ints, or strings for symbolic axes like "batch"), dtype."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorSpec":
+        return cls(str(d["name"]), tuple(d["shape"]), str(d["dtype"]))
+
+
+def session_io(session) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The inputs and outputs of an ``onnxruntime.InferenceSession`` as :class:`TensorSpec` lists."""
+
+    def spec(arg) -> TensorSpec:
+        shape = tuple(d if isinstance(d, (int, str)) else "?" for d in arg.shape)
+        return TensorSpec(arg.name, shape, _ORT_DTYPES.get(arg.type, arg.type))
+
+    return [spec(a) for a in session.get_inputs()], [spec(a) for a in session.get_outputs()]
+
+
+@dataclass(frozen=True)
+class GraphVariant:
+    """One file of a graph at one precision, with the parity figures measured at export."""
+
+    precision: str
+    file: str
+    sha256: str
+    parity: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    variants: dict[str, GraphVariant]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle. Build it with :meth:`load`."""
+
+    folder: Path
+    manifest: dict
+    sample_rate: int
+    window_samples: int
+    embedding_dim: int
+    max_text_tokens: int
+    one_stage: bool
+    graphs: dict[str, GraphInfo]
+    tokenizer_path: Path
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_samples / self.sample_rate
+
+    @property
+    def provenance(self) -> dict:
+        return self.manifest.get("provenance", {})
+
+    def has_precision(self, precision: str) -> bool:
+        """True when every graph has a variant of this precision."""
+        return all(precision in g.variants for g in self.graphs.values())
+
+    def graph_path(self, graph: str, precision: str = "fp32") -> Path:
+        if graph not in self.graphs:
+            raise BundleError(f"bundle {self.folder} has no {graph} graph")
+        variants = self.graphs[graph].variants
+        if precision not in variants:
+            raise BundleError(f"bundle {self.folder} has no {precision} variant of {graph} "
+                              f"(it has {sorted(variants)}); export it with --fp16 for fp16 graphs")
+        return self.folder / variants[precision].file
+
+    @classmethod
+    def load(cls, folder: str | Path, check_graphs: bool = True) -> "Bundle":
+        """Read ``folder``, check the manifest, every file's sha256 and (``check_graphs``) that onnxruntime
+        loads every graph with the inputs and outputs the manifest lists. Raises :class:`BundleError`."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise BundleError(f"model bundle folder {folder} does not exist")
+        manifest = _read_manifest(folder)
+        where = folder / MANIFEST_FILE
+        try:
+            sizes = {k: manifest[k] for k in ("sample_rate", "window_samples", "embedding_dim", "max_text_tokens")}
+            one_stage = manifest["one_stage"]
+            graph_entries = manifest["graphs"]
+            tokenizer_entry = manifest["tokenizer"]
+        except KeyError as e:
+            raise BundleError(f"{where} lacks the field {e.args[0]!r}") from None
+        for key, value in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise BundleError(f"{where}: {key} must be a positive integer, got {value!r}")
+        if not isinstance(one_stage, bool):
+            raise BundleError(f"{where}: one_stage must be true or false, got {one_stage!r}")
+        if not isinstance(graph_entries, dict):
+            raise BundleError(f"{where}: graphs must be an object")
+
+        expected = {TEXT_ENCODER, ASM, AUDIO_ENCODER} | (set() if one_stage else {AET})
+        missing = expected - set(graph_entries)
+        unexpected = set(graph_entries) - expected
+        if missing:
+            raise BundleError(f"{where} lists no {', '.join(sorted(missing))} graph")
+        if unexpected:
+            raise BundleError(f"{where} lists graphs this runtime does not know or expect: "
+                              f"{', '.join(sorted(unexpected))} (one_stage={one_stage})")
+
+        graphs = {name: _graph_info(folder, name, entry) for name, entry in graph_entries.items()}
+        _check_sizes(where, graphs, sizes)
+        tokenizer_path = _checked_file(folder, tokenizer_entry, "tokenizer")
+        _check_tokenizer(tokenizer_path)
+        if check_graphs:
+            for graph in graphs.values():
+                for variant in graph.variants.values():
+                    _check_graph_loads(folder / variant.file, graph)
+        return cls(folder, manifest, sizes["sample_rate"], sizes["window_samples"], sizes["embedding_dim"],
+                   sizes["max_text_tokens"], one_stage, graphs, tokenizer_path)
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"{folder} is not a model bundle: {MANIFEST_FILE} is missing")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path} is not a Hybrid-Sep bundle manifest (its \"format\" is not {FORMAT!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        advice = ("upgrade hybridsep" if isinstance(version, int) and version > FORMAT_VERSION
+                  else "re-export it with this version's `hybridsep export`")
+        raise BundleError(f"{path} has bundle format version {version!r} but this runtime reads version "
+                          f"{FORMAT_VERSION}: {advice}")
+    return manifest
+
+
+def _checked_file(folder: Path, entry: Any, what: str) -> Path:
+    """The path of a manifest file entry ({"file", "sha256"}) after checking it exists and its hash."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str):
+        raise BundleError(f"{folder / MANIFEST_FILE}: the {what} entry needs \"file\" and \"sha256\" strings")
+    path = folder / entry["file"]
+    if Path(entry["file"]).is_absolute() or ".." in Path(entry["file"]).parts:
+        raise BundleError(f"{folder / MANIFEST_FILE}: {what} file {entry['file']!r} is not inside the bundle")
+    if not path.is_file():
+        raise BundleError(f"bundle {folder} is incomplete: {entry['file']} ({what}) is missing")
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise BundleError(f"{path} is corrupt or was changed: its sha256 is {actual}, the manifest says "
+                          f"{entry['sha256']}")
+    return path
+
+
+def _graph_info(folder: Path, name: str, entry: Any) -> GraphInfo:
+    where = f"{folder / MANIFEST_FILE}: graph {name}"
+    try:
+        inputs = tuple(TensorSpec.from_dict(d) for d in entry["inputs"])
+        outputs = tuple(TensorSpec.from_dict(d) for d in entry["outputs"])
+        variant_entries = entry["variants"]
+    except (KeyError, TypeError) as e:
+        raise BundleError(f"{where} is malformed ({type(e).__name__}: {e})") from None
+    expected_inputs, expected_outputs = GRAPH_IO[name]
+    if tuple(s.name for s in inputs) != expected_inputs or tuple(s.name for s in outputs) != expected_outputs:
+        raise BundleError(f"{where} has inputs {[s.name for s in inputs]} and outputs {[s.name for s in outputs]}; "
+                          f"this runtime needs {list(expected_inputs)} -> {list(expected_outputs)}")
+    if not isinstance(variant_entries, dict) or "fp32" not in variant_entries:
+        raise BundleError(f"{where} has no fp32 variant")
+    variants = {}
+    for precision, variant in variant_entries.items():
+        if precision not in PRECISIONS:
+            raise BundleError(f"{where}: unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+        _checked_file(folder, variant, f"{name} {precision} graph")
+        variants[precision] = GraphVariant(precision, variant["file"], variant["sha256"], variant.get("parity", {}))
+    return GraphInfo(name, inputs, outputs, variants)
+
+
+def _check_sizes(where: Path, graphs: dict[str, GraphInfo], sizes: dict[str, int]) -> None:
+    """The window and embedding sizes in the graphs' shapes agree with the manifest's."""
+    window, embedding = sizes["window_samples"], sizes["embedding_dim"]
+    wanted = {
+        (ASM, "mixture"): window, (ASM, "target_embedding"): embedding, (ASM, "separated"): window,
+        (AET, "mixture"): window, (AET, "text_embedding"): embedding, (AET, "target_embedding"): embedding,
+        (TEXT_ENCODER, "text_embedding"): embedding,
+        (AUDIO_ENCODER, "wave"): window, (AUDIO_ENCODER, "audio_embedding"): embedding,
+    }
+    for (graph, tensor), size in wanted.items():
+        if graph not in graphs:
+            continue
+        spec = next(s for s in (*graphs[graph].inputs, *graphs[graph].outputs) if s.name == tensor)
+        if len(spec.shape) != 2 or spec.shape[1] != size:
+            raise BundleError(f"{where}: {graph} {tensor} has shape {list(spec.shape)}, expected [batch, {size}]")
+
+
+def _check_tokenizer(path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a plain Exception on malformed files
+        raise BundleError(f"{path} is not a valid tokenizers file: {e}") from None
+
+
+def _check_graph_loads(path: Path, graph: GraphInfo) -> None:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # a load check: fast
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise BundleError(f"{path} is not a loadable ONNX graph: {e}") from None
+    inputs, outputs = session_io(session)
+    if tuple(inputs) != graph.inputs or tuple(outputs) != graph.outputs:
+        listed = [s.to_dict() for s in (*graph.inputs, *graph.outputs)]
+        actual = [s.to_dict() for s in (*inputs, *outputs)]
+        raise BundleError(f"{path} does not match the manifest: the graph has inputs/outputs {actual}, "
+                          f"the manifest lists {listed}")

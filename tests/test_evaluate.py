@@ -1,0 +1,280 @@
+"""Test sets, the evaluation loop, the Table-2 formatter and the `eval` command, on tiny synthetic audio."""
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from training import evaluate as ev
+from training.data.mixer import Example
+
+RATE = 8000
+SECONDS = 0.5
+SIZE = int(RATE * SECONDS)
+EMBED_DIM = 4
+
+
+def _embed_audio(waves: np.ndarray) -> np.ndarray:
+    """Log energies of 4 frequency bands: a deterministic stand-in for a CLAP audio encoder, (B, N) -> (B, 4)."""
+    spectrum = np.abs(np.fft.rfft(np.asarray(waves, dtype=np.float64), axis=-1)) ** 2
+    bands = np.array_split(spectrum, EMBED_DIM, axis=-1)
+    return np.log(np.stack([band.sum(axis=-1) for band in bands], axis=-1) + 1e-6)
+
+
+def _embed_text(texts: list[str]) -> np.ndarray:
+    """A fixed pseudo-random vector per text, (B, 4)."""
+    return np.stack([np.random.default_rng(sum(map(ord, text))).standard_normal(EMBED_DIM) for text in texts])
+
+
+def _tone(frequency: float, rng: np.random.Generator) -> np.ndarray:
+    time = np.arange(SIZE) / RATE
+    return (0.3 * np.sin(2 * np.pi * frequency * time + rng.uniform(0, 6)) + 0.01 * rng.standard_normal(SIZE))
+
+
+def _examples(count: int, seed: int = 0) -> list[Example]:
+    """Two-source mixtures: a tone target and a noise interference."""
+    rng = np.random.default_rng(seed)
+    examples = []
+    for index in range(count):
+        target = _tone(rng.uniform(200, 3000), rng).astype(np.float32)
+        rest = (rng.uniform(0.05, 0.3) * rng.standard_normal(SIZE)).astype(np.float32)
+        mixture = target + rest
+        examples.append(Example(mixture=mixture, target=target, interference=rest,
+                                sources=np.stack([target, rest]), query=f"tone {index % 3}", kind="keyword",
+                                ratio_db=0.0, gain=1.0))
+    return examples
+
+
+def _perfect_system(examples):
+    targets = {example.mixture.tobytes(): example.target for example in examples}
+    return lambda mixture, query: targets[mixture.tobytes()]
+
+
+def test_reference_rows_and_trivial_systems():
+    examples = _examples(12)
+    results = ev.evaluate({"perfect": _perfect_system(examples), "identity": lambda mixture, query: mixture},
+                          examples, _embed_audio, _embed_text, oracle_n_fft=256, oracle_hop=64, batch_size=5,
+                          progress=False)
+    assert results.systems == [ev.NO_PROCESSING, ev.ORACLE_IRM, "perfect", "identity"]
+    assert results.n == 12 and results.embedding_dim == EMBED_DIM
+    assert all(results.scores["perfect"][metric].shape == (12,) for metric in ev.METRICS)
+    # the mixture itself: SDRi 0 by definition; "identity" is the same system
+    np.testing.assert_array_equal(results.scores[ev.NO_PROCESSING]["sdri"], 0.0)
+    for metric in ev.METRICS:
+        np.testing.assert_allclose(results.scores["identity"][metric], results.scores[ev.NO_PROCESSING][metric])
+    assert results.fad["identity"] == pytest.approx(results.fad[ev.NO_PROCESSING])
+    # the target itself: error 0, so SDR is the DCASE epsilon bound, CLAPScore_A 100, FAD 0
+    assert results.mean("perfect", "sdr") > 60.0
+    np.testing.assert_allclose(results.scores["perfect"]["clap_score_a"], 100.0)
+    assert results.fad["perfect"] == pytest.approx(0.0, abs=1e-6)
+    target_emb = _embed_audio(np.stack([ex.target for ex in examples]))
+    text_emb = _embed_text([ex.query for ex in examples])
+    expected_clap = [100 * np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(target_emb, text_emb)]
+    np.testing.assert_allclose(results.scores["perfect"]["clap_score"], expected_clap)
+    # the oracle mask separates a tone from noise well
+    assert results.mean(ev.ORACLE_IRM, "sdri") > 5.0
+    assert results.fad[ev.NO_PROCESSING] > results.fad[ev.ORACLE_IRM]
+    assert results.fad_note is None
+
+
+def test_evaluate_rejects_reserved_names_and_bad_shapes():
+    examples = _examples(2)
+    with pytest.raises(ValueError, match="reserved"):
+        ev.evaluate({ev.ORACLE_IRM: lambda m, q: m}, examples, _embed_audio, _embed_text, progress=False)
+    with pytest.raises(ValueError, match="'short' returned shape"):
+        ev.evaluate({"short": lambda m, q: m[:-1]}, examples, _embed_audio, _embed_text, progress=False)
+
+
+def test_fad_is_not_available_with_too_few_examples():
+    results = ev.evaluate({}, _examples(EMBED_DIM), _embed_audio, _embed_text, progress=False)
+    assert all(math.isnan(value) for value in results.fad.values())
+    assert f"N={EMBED_DIM}" in results.fad_note and f"D={EMBED_DIM}" in results.fad_note
+    markdown, _ = ev.format_table({"KA": results})
+    assert "n/a" in markdown and "FAD n/a on KA" in markdown
+
+
+def _results_by_set():
+    small = ev.evaluate({"model A": lambda m, q: 0.5 * m}, _examples(10, seed=1), _embed_audio, _embed_text,
+                        oracle_n_fft=256, oracle_hop=64, progress=False)
+    large = ev.evaluate({"model A": lambda m, q: 0.5 * m, "model B": lambda m, q: m}, _examples(12, seed=2),
+                        _embed_audio, _embed_text, oracle_n_fft=256, oracle_hop=64, progress=False)
+    return {"KA": large, "DE-S-like": small}
+
+
+def test_table_has_the_shape_of_table_2():
+    by_set = _results_by_set()
+    markdown, table_csv = ev.format_table(by_set)
+    lines = markdown.splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    groups = ["SDR ↑", "SDRi ↑", "CLAPScore ↑", "CLAPScore_A ↑", "FAD ↓"]
+    assert header == ["System"] + [f"{group} {name}" for group in groups for name in ("KA", "DE-S-like")]
+    rows = [line for line in lines[2:] if line.startswith("|")]
+    assert [row.strip("|").split("|")[0].strip() for row in rows] == [ev.NO_PROCESSING, ev.ORACLE_IRM,
+                                                                       "model A", "model B"]
+    assert all(len(row.strip("|").split("|")) == len(header) for row in rows)
+    cells = dict(zip(header, (cell.strip() for cell in rows[2].strip("|").split("|"))))
+    assert cells["SDR ↑ KA"] == f"{by_set['KA'].mean('model A', 'sdr'):.2f}"
+    assert cells["CLAPScore_A ↑ DE-S-like"] == f"{by_set['DE-S-like'].mean('model A', 'clap_score_a'):.1f}"
+    model_b = [cell.strip() for cell in rows[3].strip("|").split("|")]
+    assert model_b[dict((name, i) for i, name in enumerate(header))["SDR ↑ DE-S-like"]] == "n/a"  # not run there
+    assert "KA N = 12" in markdown and "DE-S-like N = 10" in markdown
+
+    parsed = list(csv.DictReader(io.StringIO(table_csv)))
+    assert [row["system"] for row in parsed] == [ev.NO_PROCESSING, ev.ORACLE_IRM, "model A", "model B"]
+    assert float(parsed[0]["sdri_KA"]) == 0.0 and parsed[0]["n_DE-S-like"] == "10"
+    assert float(parsed[2]["fad_KA"]) == pytest.approx(by_set["KA"].fad["model A"], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- test sets
+
+
+def _write_corpus(folder: Path) -> Path:
+    """A test split of 12 labelled clips (tones and noises) and its manifest."""
+    rng = np.random.default_rng(7)
+    rows = []
+    labels = [(["piano"], ["a piano plays a tune"]), (["dog"], ["a dog barks twice"]), (["rain"], []),
+              (["speech"], ["a man speaks slowly"]), (["bird"], ["birds chirp"]), (["car"], ["a car drives past"])]
+    for index in range(12):
+        keywords, captions = labels[index % len(labels)]
+        path = folder / f"clip{index}.wav"
+        sf.write(path, (_tone(150.0 * (index + 1), rng) * rng.uniform(0.3, 1.0)).astype(np.float32), RATE)
+        rows.append({"path": path.name, "keywords": keywords, "captions": captions, "source": "test",
+                     "split": "test"})
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return manifest
+
+
+def test_test_sets_follow_the_eval_rules_and_are_deterministic(tmp_path):
+    manifest = _write_corpus(tmp_path)
+    keyword = ev.make_test_set(manifest, "test", "keyword", 6, seed=3, sample_rate=RATE, segment_seconds=SECONDS)
+    caption = ev.make_test_set(manifest, "test", "caption", 6, seed=3, sample_rate=RATE, segment_seconds=SECONDS)
+    assert all(ex.kind == "keyword" and ex.sources.shape == (4, SIZE) and -10 <= ex.ratio_db <= 10 for ex in keyword)
+    assert all(ex.kind == "caption" and ex.sources.shape == (2, SIZE) and -15 <= ex.ratio_db <= 15 for ex in caption)
+    assert all(" " in ex.query for ex in caption)  # captions, not keywords
+    again = ev.make_test_set(manifest, "test", "keyword", 4, seed=3, sample_rate=RATE, segment_seconds=SECONDS)
+    for first, second in zip(keyword, again):  # a shorter set is a prefix of a longer one
+        np.testing.assert_array_equal(first.mixture, second.mixture)
+        assert first.query == second.query
+    other = ev.make_test_set(manifest, "test", "keyword", 6, seed=4, sample_rate=RATE, segment_seconds=SECONDS)
+    assert any(not np.array_equal(a.mixture, b.mixture) for a, b in zip(keyword, other))
+    with pytest.raises(ValueError, match="no clips in split 'train'"):
+        ev.make_test_set(manifest, "train", "keyword", 2, sample_rate=RATE, segment_seconds=SECONDS)
+    with pytest.raises(ValueError, match="kind"):
+        ev.make_test_set(manifest, "test", "music", 2, sample_rate=RATE, segment_seconds=SECONDS)
+
+
+def test_test_set_cache(tmp_path):
+    manifest = _write_corpus(tmp_path)
+    cache = tmp_path / "cache" / "ka.npz"
+    drawn = ev.make_test_set(manifest, "test", "keyword", 5, seed=1, sample_rate=RATE, cache=cache,
+                             segment_seconds=SECONDS)
+    assert cache.is_file() and not list(cache.parent.glob(".*"))  # written atomically, no temp file left
+    loaded = ev.make_test_set(manifest, "test", "keyword", 5, seed=1, sample_rate=RATE, cache=cache,
+                              segment_seconds=SECONDS, load=lambda clip: pytest.fail("read audio despite cache"))
+    for a, b in zip(drawn, loaded):
+        np.testing.assert_array_equal(a.mixture, b.mixture)
+        np.testing.assert_array_equal(a.target, b.target)
+        np.testing.assert_array_equal(b.interference, b.mixture - b.target)
+        assert (a.query, a.kind, a.ratio_db, a.gain) == (b.query, b.kind, b.ratio_db, b.gain)
+        assert [clip.path for clip in a.clips] == [clip.path for clip in b.clips]
+        assert a.clips[0].keywords == b.clips[0].keywords
+    redrawn = ev.make_test_set(manifest, "test", "keyword", 5, seed=2, sample_rate=RATE, cache=cache,
+                               segment_seconds=SECONDS)  # other settings: drawn again and rewritten
+    assert any(not np.array_equal(a.mixture, b.mixture) for a, b in zip(drawn, redrawn))
+    with np.load(cache) as data:
+        assert json.loads(str(data["identity"]))["seed"] == 2
+
+
+# ---------------------------------------------------------------------------------------------- bundles
+
+
+class FakeSeparator:
+    """The Separator protocol plus the CLAP embedders of an OnnxSeparator: halves the mixture."""
+
+    def __init__(self, folder=None, sample_rate=RATE, window_samples=SIZE, gain=0.5):
+        self.folder = folder
+        self.sample_rate = sample_rate
+        self.window_samples = window_samples
+        self.gain = gain
+        self.prepared = []
+        self.calls = 0
+
+    def prepare(self, query):
+        self.prepared.append(query.text)
+        return query.text
+
+    def separate(self, window, condition):
+        assert window.shape == (1, self.window_samples) and isinstance(condition, str)
+        self.calls += 1
+        return self.gain * window
+
+    def embed_audio(self, waves):
+        return _embed_audio(waves)
+
+    def embed_text(self, texts):
+        return _embed_text(texts)
+
+
+def test_offline_system_runs_the_separator_per_window():
+    separator = FakeSeparator()
+    system = ev.offline_system(separator, RATE)
+    mixture = np.random.default_rng(0).standard_normal(SIZE).astype(np.float32)
+    np.testing.assert_allclose(system(mixture, "a dog"), 0.5 * mixture, rtol=1e-5, atol=1e-6)
+    system(mixture, "a dog")
+    assert separator.calls == 2 and separator.prepared == ["a dog"]  # one window per call, one prepare per query
+    resampling = ev.offline_system(FakeSeparator(sample_rate=2 * RATE, window_samples=2 * SIZE), RATE)
+    time = np.arange(SIZE) / RATE
+    tone = (0.5 * np.sin(2 * np.pi * 300 * time)).astype(np.float32)
+    estimate = resampling(tone, "a tone")
+    assert estimate.shape == tone.shape
+    np.testing.assert_allclose(estimate[200:-200], 0.5 * tone[200:-200], atol=1e-2)
+
+
+def test_evaluate_separators_and_report(tmp_path):
+    manifest = _write_corpus(tmp_path)
+    separators = {"half": FakeSeparator(), "whole": FakeSeparator(gain=1.0)}
+    results = ev.evaluate_separators(separators, manifest, "test", {"keyword": 6, "caption": 5}, seed=0,
+                                     cache_dir=tmp_path / "cache", segment_seconds=SECONDS, progress=False)
+    assert list(results) == ["KA", "DE-S-like"]
+    assert results["KA"].n == 6 and results["DE-S-like"].n == 5
+    for name, result in results.items():
+        assert result.systems == [ev.NO_PROCESSING, ev.ORACLE_IRM, "half", "whole"]
+        np.testing.assert_allclose(result.scores["whole"]["sdri"], 0.0, atol=1e-4)
+        np.testing.assert_allclose(result.scores["half"]["si_sdr"], result.scores[ev.NO_PROCESSING]["si_sdr"],
+                                   atol=1e-3)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    markdown = ev.write_report(results, tmp_path / "out")
+    assert (tmp_path / "out" / "table.md").read_text() == markdown
+    assert (tmp_path / "out" / "table.csv").is_file()
+    rows = list(csv.DictReader(open(tmp_path / "out" / "examples_KA.csv")))
+    assert len(rows) == 4 * 6 and set(ev.METRICS) <= set(rows[0])
+
+
+def test_eval_command(tmp_path, monkeypatch, capsys):
+    manifest = _write_corpus(tmp_path)
+    module = types.ModuleType("hybridsep_rt.separator")
+    module.OnnxSeparator = FakeSeparator  # the command loads bundles through hybridsep_rt.separator.OnnxSeparator
+    monkeypatch.setitem(sys.modules, "hybridsep_rt.separator", module)
+    parser = argparse.ArgumentParser()
+    ev.add_arguments(parser)
+    out = tmp_path / "report"
+    args = parser.parse_args(["--manifest", str(manifest), "--bundle", f"tiny={tmp_path}", "--keyword-n", "5",
+                              "--caption-n", "0", "--seed", "1", "-o", str(out), "--quiet"])
+    assert ev.run(args) == 0
+    assert "| tiny |" in (out / "table.md").read_text()
+    assert (out / "examples_KA.csv").is_file() and not (out / "examples_DE-S-like.csv").exists()
+    assert "| System |" in capsys.readouterr().out
+    duplicate = parser.parse_args(["--manifest", str(manifest), "--bundle", "a=x", "--bundle", "a=y", "-o", str(out)])
+    assert ev.run(duplicate) == ev.EXIT_USAGE
+    assert "distinct" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--manifest", str(manifest), "--bundle", "no-equals-sign", "-o", str(out)])

@@ -1,0 +1,152 @@
+"""Shapes, gradients, freezing and save/load of the Hybrid-Sep modules (paper Table 1 presets)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.config import HybridSepConfig, get_config
+from training.models.asm import bins_per_layer
+from training.models.discriminator import MultiScaleSTFTDiscriminator
+from training.models.hybridsep import HybridSep
+
+SR = 44100
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return HybridSep(get_config("small"))
+
+
+def two_windows(cfg: HybridSepConfig) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return 0.1 * torch.randn(2, cfg.window_samples, generator=g)
+
+
+def test_paper_preset_is_table_1():
+    cfg = get_config("paper")
+    assert (cfg.fe.layers, cfg.fe.heads, cfg.fe.dim) == (3, 8, 512)
+    assert (cfg.aet.layers, cfg.aet.heads, cfg.aet.dim) == (32, 8, 512)
+    assert cfg.asm.stride == 2
+    assert cfg.asm.channels == (48, 96, 192, 384, 192, 96, 48, 8)
+    assert [h for i, h in enumerate(cfg.asm.lstm_hidden) if i != 6] == [12, 24, 48, 96, 48, 24, 2]
+    assert cfg.asm.fa_layers == 4 and cfg.asm.fa_kernel == 9
+    assert (cfg.asm.teaca_dim, cfg.asm.teaca_heads) == (64, 8)
+    assert cfg.asm.subbands == 4
+    assert bins_per_layer(cfg.asm) == [256, 128, 64, 32, 16, 32, 64, 128, 256]
+
+
+def test_config_round_trip(tmp_path):
+    cfg = get_config("small", sample_rate=16000, one_stage=True)
+    cfg.save(tmp_path / "c.json")
+    assert HybridSepConfig.load(tmp_path / "c.json") == cfg
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="2 x subbands"):
+        get_config("small").asm.__class__(channels=(48, 96, 192, 384, 192, 96, 48, 6))
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_config("huge")
+
+
+def test_small_forward_backward_two_10s_windows(small_model):
+    """Every module of `small` on a batch of two 10 s 44.1 kHz windows: shapes, and gradients reach every
+    trainable parameter and no frozen one."""
+    model = small_model.train()
+    cfg = model.cfg
+    mixture, target = two_windows(cfg), two_windows(cfg).flip(-1)
+    text_emb = model.clap.embed_text(["a piano", "a man speaking"])
+    assert text_emb.shape == (2, cfg.embedding_dim)
+
+    frames = model.fe(mixture)
+    assert frames.shape == (2, cfg.window_samples // cfg.fe.hop_length + 1, cfg.fe.dim)
+    emb = model.target_embedding(mixture, text_emb)
+    assert emb.shape == (2, cfg.embedding_dim)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+    separated, condition = model.asm(mixture, emb)
+    assert separated.shape == mixture.shape
+    frames_asm = cfg.window_samples // cfg.asm.subbands // cfg.asm.hop_length + 1
+    assert condition.shape == (2, frames_asm, 4 * cfg.asm.cond_dim)
+
+    denoised = model.cd(target + 0.1 * torch.randn_like(target), condition)
+    assert denoised.shape == target.shape
+
+    disc = MultiScaleSTFTDiscriminator(cfg.discriminator)
+    logits, features = disc(separated)
+    assert len(logits) == len(cfg.discriminator.n_ffts) and all(l.shape[1] == 1 for l in logits)
+
+    loss = (separated - target).abs().mean() + (denoised - target).abs().mean()
+    loss = loss + sum(((l - 1) ** 2).mean() for l in logits)
+    loss.backward()
+
+    for name, p in list(model.named_parameters()) + [("disc." + n, p) for n, p in disc.named_parameters()]:
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+        else:
+            assert p.grad is None, f"frozen parameter {name} got a gradient"
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert any(n.startswith("clap.") for n in frozen) and any(n.startswith("asm.beats.") for n in frozen)
+    assert not any(n.startswith(("asm.stack", "fe.", "aet.", "cd.")) for n in frozen)
+    model.zero_grad(set_to_none=True)
+
+
+def test_frozen_encoders_stay_in_eval_mode(small_model):
+    small_model.train()
+    assert small_model.asm.stack.training
+    assert not small_model.asm.beats.training and not small_model.clap.training
+
+
+def test_ablations_build_and_run():
+    mixture = 0.1 * torch.randn(1, 2 * SR // 4 * 4)
+    for flag in ("one_stage", "no_ssl", "no_cd"):
+        cfg = get_config("small", **{flag: True})
+        model = HybridSep(cfg).eval()
+        with torch.no_grad():
+            out = model.separate(mixture, ["a violin"])
+        assert out.shape == mixture.shape and torch.isfinite(out).all()
+    assert HybridSep(get_config("small", one_stage=True)).aet is None
+    assert HybridSep(get_config("small", no_ssl=True)).asm.beats is None
+    assert HybridSep(get_config("small", no_cd=True)).cd is None
+
+
+def test_16khz_config_runs():
+    cfg = get_config("small", sample_rate=16000)
+    model = HybridSep(cfg).eval()
+    mixture = 0.1 * torch.randn(1, cfg.window_samples)
+    with torch.no_grad():
+        assert model.separate(mixture, ["speech"]).shape == mixture.shape
+
+
+def test_paper_forward_on_a_short_window():
+    """The full Table 1 model (90M BEATs, 32-layer AET) on a 1 s window, with a 512-d audio-text encoder."""
+    from training.models.clap import CompactClapConfig, CompactClapEncoder
+
+    cfg = get_config("paper")
+    clap = CompactClapEncoder(CompactClapConfig(embedding_dim=cfg.embedding_dim, input_rate=cfg.sample_rate))
+    model = HybridSep(cfg, clap=clap).eval()
+    mixture = 0.1 * torch.randn(1, SR)
+    with torch.no_grad():
+        out = model.separate(mixture, ["fireworks"])
+    assert out.shape == mixture.shape and torch.isfinite(out).all()
+    asm_params = sum(p.numel() for n, p in model.asm.named_parameters() if not n.startswith("beats."))
+    assert 20e6 <= asm_params <= 30e6, asm_params  # paper 3.1: "25M in ASM", within 20 %
+
+
+def test_save_and_load_pretrained(tmp_path, small_model):
+    model = small_model.eval()
+    model.save_pretrained(tmp_path / "m")
+    loaded = HybridSep.from_pretrained(tmp_path / "m").eval()
+    mixture = 0.1 * torch.randn(1, SR)
+    with torch.no_grad():
+        assert torch.equal(model.separate(mixture, ["a dog barking"]), loaded.separate(mixture, ["a dog barking"]))
+
+
+def test_from_pretrained_errors(tmp_path, small_model):
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        HybridSep.from_pretrained(tmp_path)
+    small_model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read"):
+        HybridSep.from_pretrained(tmp_path / "m")

@@ -1,0 +1,170 @@
+"""Training stages, distributed equivalence and exact resume, on a tiny synthetic corpus and 1 s windows."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.train_utils import make_manifest
+from training.trainer import CHECKPOINT_FILE, DistributedEnv, StepBatches, TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.window_seconds=1.0", "workers=0", "log_every=1", "eval_every=1000", "audio_every=1000"]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    return make_manifest(tmp_path_factory.mktemp("corpus"))
+
+
+def config(manifest: Path, out: Path, stage: str, *extra: str) -> TrainConfig:
+    return TrainConfig(stage=stage, manifest=str(manifest), out=str(out), steps=2, batch_size=2,
+                       eval_examples=2).with_overrides(TINY + list(extra))
+
+
+def test_overrides_and_errors():
+    cfg = TrainConfig().with_overrides(["steps=5", "lr=2e-4", "model.one_stage=true", "out=runs/x"])
+    assert (cfg.steps, cfg.lr, cfg.model, cfg.out) == (5, 2e-4, {"one_stage": True}, "runs/x")
+    with pytest.raises(ValueError, match="unknown training settings"):
+        TrainConfig().with_overrides(["stepz=5"])
+    with pytest.raises(ValueError, match="key=value"):
+        TrainConfig().with_overrides(["steps"])
+    with pytest.raises(ValueError, match="unknown stage"):
+        TrainConfig(stage="stage9")
+
+
+def test_step_batches_split_the_global_batch():
+    one = list(StepBatches(3, 5, 4, DistributedEnv(0, 1)))
+    two = [list(StepBatches(3, 5, 4, DistributedEnv(r, 2))) for r in range(2)]
+    assert one == [[12, 13, 14, 15], [16, 17, 18, 19]]
+    assert [a + b for a, b in zip(*two)] == one
+
+
+@pytest.mark.parametrize("stage", ["stage0", "stage1", "stage2"])
+def test_each_stage_runs_and_writes_a_model(manifest, tmp_path, stage):
+    folder = train(config(manifest, tmp_path / stage, stage, "eval_every=2"), progress=False)
+    assert (folder / "config.json").exists() and (folder / "model.pt").exists()
+    state = torch.load(tmp_path / stage / CHECKPOINT_FILE, weights_only=True)
+    assert state["step"] == 2
+
+
+def test_stage_chain_and_ablations(manifest, tmp_path):
+    stage0 = train(config(manifest, tmp_path / "s0", "stage0", "steps=1"), progress=False)
+    stage1 = train(config(manifest, tmp_path / "s1", "stage1", "steps=1", f"init={stage0}"), progress=False)
+    train(config(manifest, tmp_path / "s2", "stage2", "steps=1", f"init={stage1}", "target_embedding=aet"),
+          progress=False)
+    for flag in ("one_stage", "no_cd", "no_ssl"):
+        train(config(manifest, tmp_path / flag, "stage2", "steps=1", f"model.{flag}=true"), progress=False)
+    with pytest.raises(ValueError, match="no FE / AET"):
+        train(config(manifest, tmp_path / "x", "stage1", "model.one_stage=true"), progress=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+GRADIENT_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, {root!r})
+from training.trainer import TrainConfig, setup_distributed, StepBatches
+from training.stages import build_stage
+cfg = TrainConfig.load({cfg!r})
+torch.manual_seed(cfg.seed)
+torch.set_num_threads(1)
+env = setup_distributed("cpu")
+stage = build_stage(cfg, env)
+stage.wrap_distributed()
+indices = next(iter(StepBatches(0, 1, cfg.batch_size, env)))
+stage.train_step(stage.collate([stage.train_set[i] for i in indices]), 0)
+if env.rank == 0:
+    torch.save({{n: p.grad.clone() for n, p in stage.generator.named_parameters() if p.grad is not None}},
+               {out!r})
+"""
+
+
+def run_gradient_step(cfg_path: Path, out: Path, world: int) -> dict:
+    script = GRADIENT_SCRIPT.format(root=str(ROOT), cfg=str(cfg_path), out=str(out))
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env))
+    assert all(p.wait(timeout=600) == 0 for p in procs)
+    return torch.load(out, weights_only=True)
+
+
+def test_two_process_gloo_step_equals_one_process(manifest, tmp_path):
+    """The same global batch of 4 on 1 process and on 2 gloo processes gives the same ASM + CD gradients."""
+    cfg = config(manifest, tmp_path / "ddp", "stage2", "batch_size=4", "steps=1")
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(__import__("json").dumps(__import__("dataclasses").asdict(cfg)))
+    single = run_gradient_step(cfg_path, tmp_path / "one.pt", 1)
+    double = run_gradient_step(cfg_path, tmp_path / "two.pt", 2)
+    assert single.keys() == double.keys() and len(single) > 50
+    for name in single:
+        torch.testing.assert_close(double[name], single[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def hybridsep(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hybridsep_rt.cli", *args]
+
+
+def train_command(manifest: Path, out: Path, steps: int) -> list[str]:
+    sets = [f"--set={s}" for s in TINY + ["checkpoint_every=1", "eval_every=1000"]]
+    return hybridsep("train", "stage2", "--manifest", str(manifest), "--out", str(out), "--steps", str(steps),
+                     "--batch-size", "2", "--quiet", *sets)
+
+
+def test_sigkill_and_resume_reaches_the_same_parameters(manifest, tmp_path):
+    steps = 4
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    subprocess.run(train_command(manifest, tmp_path / "straight", steps), check=True, env=env, cwd=ROOT)
+
+    proc = subprocess.Popen(train_command(manifest, tmp_path / "killed", steps), env=env, cwd=ROOT)
+    ckpt = tmp_path / "killed" / CHECKPOINT_FILE
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert 2 <= killed_at < steps
+    subprocess.run(train_command(manifest, tmp_path / "killed", steps), check=True, env=env, cwd=ROOT)
+
+    a = torch.load(tmp_path / "straight" / CHECKPOINT_FILE, weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
+    assert a["step"] == b["step"] == steps
+    for module in a["modules"]:
+        for name, tensor in a["modules"][module].items():
+            assert torch.equal(tensor, b["modules"][module][name]), f"{module}.{name} differs after resume"
+
+
+def test_sigterm_checkpoints_and_stops(manifest, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = train_command(manifest, tmp_path / "term", 50)
+    cmd[cmd.index("--set=checkpoint_every=1")] = "--set=checkpoint_every=1000"
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    tb = tmp_path / "term" / "tensorboard"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(tb.glob("*")):
+        time.sleep(0.1)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    assert "checkpoint written" in err
+    assert 0 < torch.load(tmp_path / "term" / CHECKPOINT_FILE, weights_only=True)["step"] < 50

@@ -1,0 +1,148 @@
+"""Separation metrics of the paper's Table 2 (section 3.3) and the oracle ideal-ratio-mask baseline (numpy).
+
+Signal metrics take mono waves of shape (samples,); embedding metrics take CLAP embeddings of shape (D,)
+or (B, D).
+
+- `sdr`: the signal-to-distortion ratio as the DCASE 2024 task 9 (LASS) evaluator computes it,
+  10 * log10(mean(s^2) / mean((s_hat - s)^2)), each mean clipped from below at `DCASE_SDR_EPS`.
+- `sdri`: SDR of the estimate minus SDR of the unprocessed mixture.
+- `si_sdr`: scale-invariant SDR of Le Roux et al. (2019), on zero-mean signals.
+- `clap_score`, `clap_score_a`: cosine similarity x 100 of a separated audio embedding with the query's
+  text embedding (CLAPScore, Xiao et al., paper reference [6]) or with the target's audio embedding
+  (CLAPScore_A, paper section 3.3).
+- `frechet_distance`: the Frechet distance between two sets of embeddings (FAD, paper reference [7]).
+- `oracle_irm`: the ideal ratio mask computed from the true sources, the "Oracle IRM" upper bound.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+from scipy.signal import ShortTimeFFT, get_window
+
+# The DCASE 2024 task 9 baseline (Audio-AGI/dcase2024_task9_baseline, utils.calculate_sdr) clips the mean
+# powers of the reference and of the error from below at 1e-10 before taking their ratio.
+DCASE_SDR_EPS = 1e-10
+# Table 2 of the paper reports CLAPScore and CLAPScore_A as cosine similarities times 100.
+CLAP_SCORE_SCALE = 100.0
+# Offset added to both covariance diagonals when their product has no finite square root.
+FRECHET_DIAGONAL_OFFSET = 1e-6
+# Largest imaginary part of the covariance square root's diagonal that counts as rounding noise.
+FRECHET_MAX_IMAGINARY = 1e-3
+
+
+def _pair(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both waves as float64 (samples,), after checking their shapes agree."""
+    reference = np.asarray(reference, dtype=np.float64)
+    estimate = np.asarray(estimate, dtype=np.float64)
+    if reference.ndim != 1 or reference.shape != estimate.shape:
+        raise ValueError(
+            f"reference and estimate must be 1-D waves of one length, got {reference.shape} and {estimate.shape}"
+        )
+    return reference, estimate
+
+
+def _power_ratio_db(signal_power: float, error_power: float) -> float:
+    return float(10.0 * np.log10(max(signal_power, DCASE_SDR_EPS) / max(error_power, DCASE_SDR_EPS)))
+
+
+def sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """SDR in dB, as the DCASE 2024 LASS evaluator defines it (no projection, no scale invariance)."""
+    reference, estimate = _pair(reference, estimate)
+    return _power_ratio_db(np.mean(reference**2), np.mean((estimate - reference) ** 2))
+
+
+def sdri(reference: np.ndarray, estimate: np.ndarray, mixture: np.ndarray) -> float:
+    """SDR improvement in dB: sdr(reference, estimate) - sdr(reference, mixture)."""
+    return sdr(reference, estimate) - sdr(reference, mixture)
+
+
+def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """Scale-invariant SDR in dB (Le Roux et al., "SDR - half-baked or well done?", 2019).
+
+    Both signals are made zero-mean; the reference is scaled by the least-squares factor
+    alpha = <s_hat, s> / ||s||^2, and the ratio is ||alpha s||^2 / ||s_hat - alpha s||^2.
+    """
+    reference, estimate = _pair(reference, estimate)
+    reference = reference - reference.mean()
+    estimate = estimate - estimate.mean()
+    reference_energy = float(np.dot(reference, reference))
+    alpha = float(np.dot(estimate, reference)) / reference_energy if reference_energy > 0.0 else 0.0
+    projection = alpha * reference
+    return _power_ratio_db(np.mean(projection**2), np.mean((estimate - projection) ** 2))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim not in (1, 2):
+        raise ValueError(f"embeddings must both be (D,) or (B, D) of one shape, got {a.shape} and {b.shape}")
+    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    cosine = np.sum(a * b, axis=-1) / np.maximum(norms, np.finfo(np.float64).tiny)
+    return float(cosine) if cosine.ndim == 0 else cosine
+
+
+def clap_score(audio_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray | float:
+    """CLAPScore x 100: cosine between separated-audio and query-text embeddings, (D,) -> float, (B, D) -> (B,)."""
+    return CLAP_SCORE_SCALE * _cosine(audio_emb, text_emb)
+
+
+def clap_score_a(sep_emb: np.ndarray, target_emb: np.ndarray) -> np.ndarray | float:
+    """CLAPScore_A x 100: cosine between separated-audio and target-audio embeddings."""
+    return CLAP_SCORE_SCALE * _cosine(sep_emb, target_emb)
+
+
+def _mean_and_covariance(embeddings: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if embeddings.ndim != 2:
+        raise ValueError(f"{name} must be (N, D) embeddings, got shape {embeddings.shape}")
+    count, size = embeddings.shape
+    if count <= size:
+        raise ValueError(
+            f"FAD needs more embeddings than dimensions for a full-rank covariance: {name} has N={count} "
+            f"embeddings of size D={size}; use N > {size}"
+        )
+    return embeddings.mean(axis=0), np.cov(embeddings, rowvar=False)
+
+
+def frechet_distance(emb_a: np.ndarray, emb_b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two sets of embeddings (N_a, D) and (N_b, D).
+
+    d^2 = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)). Each set needs N > D embeddings
+    (a ValueError names N and D otherwise).
+    """
+    mu_a, cov_a = _mean_and_covariance(emb_a, "emb_a")
+    mu_b, cov_b = _mean_and_covariance(emb_b, "emb_b")
+    if mu_a.shape != mu_b.shape:
+        raise ValueError(f"embedding sizes differ: {mu_a.shape[0]} and {mu_b.shape[0]}")
+    root = scipy.linalg.sqrtm(cov_a @ cov_b)
+    if not np.all(np.isfinite(root)):
+        offset = FRECHET_DIAGONAL_OFFSET * np.eye(cov_a.shape[0])
+        root = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    if np.iscomplexobj(root):
+        largest = float(np.max(np.abs(np.diagonal(root).imag)))
+        if largest > FRECHET_MAX_IMAGINARY:
+            raise ValueError(f"covariance square root has an imaginary component of {largest:.3g}")
+        root = root.real
+    difference = mu_a - mu_b
+    distance = float(difference @ difference + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(root))
+    return max(distance, 0.0)
+
+
+def oracle_irm(mixture: np.ndarray, target: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """The ideal ratio mask estimate of the target, (samples,) float32.
+
+    With T = STFT(target) and R = STFT(mixture - target), the mask |T| / (|T| + |R|) (0 where both vanish)
+    multiplies STFT(mixture), and the inverse STFT (Hann window, canonical dual window, so it reconstructs
+    perfectly) brings it back to a wave of the mixture's length.
+    """
+    target, mixture = _pair(target, mixture)
+    if not 0 < hop <= n_fft // 2:
+        raise ValueError(f"hop must lie in 1..n_fft/2 = {n_fft // 2} for an invertible Hann STFT, got {hop}")
+    transform = ShortTimeFFT(get_window("hann", n_fft), hop, fs=1.0)
+    target_mag = np.abs(transform.stft(target))
+    rest_mag = np.abs(transform.stft(mixture - target))
+    total = target_mag + rest_mag
+    mask = np.divide(target_mag, total, out=np.zeros_like(total), where=total > 0.0)
+    estimate = transform.istft(mask * transform.stft(mixture), k1=mixture.shape[0])
+    return estimate.astype(np.float32)

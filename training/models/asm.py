@@ -1,0 +1,180 @@
+"""The audio separation model (ASM, paper 2.2, Fig. 3) and the pieces it shares with the conditional denoiser.
+
+mixture (B, N) -> PQMF (4 subbands) -> STFT per subband -> compressed spectrogram (B, T, F, 8)
+   ++ BEATs frame features projected per bin (B, T, F, side)
+-> TRCNN x4 (down) -> [FA, TEACA] x4 -> TRCNN x4 (up, skip connections)
+-> complex ratio mask (B, T, F, 8) x mixture spectrogram -> iSTFT -> iPQMF -> separated (B, N)
+The decoder's four feature maps are projected per frame to the CD's condition vectors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training.config import ASMConfig, HybridSepConfig
+from training.models.beats import BEATs
+from training.models.blocks import TRCNN, FrequencyAxisAttention, TargetEmbeddingCrossAttention
+from training.models.pqmf import PQMF
+from training.models.resample import Resample
+from training.models.stft import STFT
+
+BEATS_SAMPLE_RATE = 16000  # BEATs is trained on 16 kHz audio (Chen et al. [14]; paper 4)
+
+
+def bins_per_layer(cfg: ASMConfig) -> list[int]:
+    """Frequency bins the stack sees at its input and after each of the 8 TRCNNs.
+
+    The stack works on n_fft / 2 bins: the Nyquist bin of each subband is left out (its mask is zero), so the
+    bin count halves exactly through the four stride-2 layers.
+    """
+    bins = [cfg.n_fft // 2]
+    for i in range(8):
+        bins.append(bins[-1] // cfg.stride if i < 4 else bins[-1] * cfg.stride)
+    if cfg.n_fft // 2 % cfg.stride**4:
+        raise ValueError(f"n_fft / 2 = {cfg.n_fft // 2} must be divisible by stride^4 = {cfg.stride**4}")
+    return bins
+
+
+class SubbandSpectrogram(nn.Module):
+    """PQMF analysis + STFT of every subband, and the inverse. Spectrograms are channels-last, (B, T, F, 2*S),
+    with channels ordered (subband 0 real, subband 0 imaginary, subband 1 real, ...)."""
+
+    def __init__(self, cfg: ASMConfig):
+        super().__init__()
+        self.subbands = cfg.subbands
+        self.pqmf = PQMF(cfg.subbands)
+        self.stft = STFT(cfg.n_fft, cfg.hop_length)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        b = wave.shape[0]
+        bands = self.pqmf.analysis(wave[:, None, :])  # (B, S, N/S)
+        spec = self.stft(bands.reshape(b * self.subbands, -1))  # (B*S, 2, T, F)
+        _, _, t, f = spec.shape
+        return spec.reshape(b, self.subbands, 2, t, f).permute(0, 3, 4, 1, 2).reshape(b, t, f, 2 * self.subbands)
+
+    def inverse(self, spec: torch.Tensor, length: int) -> torch.Tensor:
+        b, t, f, _ = spec.shape
+        spec = spec.reshape(b, t, f, self.subbands, 2).permute(0, 3, 4, 1, 2).reshape(b * self.subbands, 2, t, f)
+        bands = self.stft.inverse(spec, length // self.subbands)
+        return self.pqmf.synthesis(bands.reshape(b, self.subbands, -1))[:, 0, :]
+
+
+def compress(spec: torch.Tensor, power: float) -> torch.Tensor:
+    """Magnitude compression |X|^power keeping the phase, on channels-last real/imaginary pairs."""
+    pairs = spec.reshape(spec.shape[:-1] + (-1, 2))
+    mag = torch.sqrt(pairs.pow(2).sum(dim=-1, keepdim=True) + 1e-10)
+    return (pairs * mag.pow(power - 1.0)).reshape(spec.shape)
+
+
+def apply_complex_mask(mask: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
+    """Complex product of a mask over the stack's bins and the full spectrogram (its last bin, Nyquist, gets 0)."""
+    mask = nn.functional.pad(mask, (0, 0, 0, spec.shape[2] - mask.shape[2]))
+    mr, mi = mask[..., 0::2], mask[..., 1::2]
+    xr, xi = spec[..., 0::2], spec[..., 1::2]
+    return torch.stack((mr * xr - mi * xi, mr * xi + mi * xr), dim=-1).reshape(spec.shape)
+
+
+class FrameToBins(nn.Module):
+    """Frame-wise vectors (B, T, D) -> (B, T, F, channels): a linear map to `channels` values per bin."""
+
+    def __init__(self, dim: int, channels: int, bins: int):
+        super().__init__()
+        self.channels, self.bins = channels, bins
+        self.proj = nn.Linear(dim, bins * channels)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        b, t, _ = frames.shape
+        return self.proj(frames).reshape(b, t, self.bins, self.channels)
+
+
+class TRCNNStack(nn.Module):
+    """The U-shaped interleaved stack: TRCNN x4 down, [FA (+ TEACA)] x fa_layers at the bottleneck, TRCNN x4 up.
+
+    Input (B, T, F, in_channels) over the stack's F = n_fft / 2 bins. With `embedding_dim` None it has no TEACA:
+    that is the conditional denoiser's "streamlined variant" (2.2). Returns the output map
+    (B, T, F, channels[-1]) and the four decoder maps (the sources of the CD condition).
+    """
+
+    def __init__(self, cfg: ASMConfig, in_channels: int, embedding_dim: int | None):
+        super().__init__()
+        bins = bins_per_layer(cfg)
+        widths = (in_channels,) + cfg.channels
+        self.encoder = nn.ModuleList(
+            TRCNN(widths[i], widths[i + 1], cfg.lstm_hidden[i], cfg.stride, transpose=False) for i in range(4))
+        self.decoder = nn.ModuleList(
+            TRCNN(widths[i], widths[i + 1], cfg.lstm_hidden[i], cfg.stride, transpose=True) for i in range(4, 8))
+        width, f = cfg.channels[3], bins[4]
+        self.fa = nn.ModuleList(
+            FrequencyAxisAttention(width, f, cfg.fa_heads, cfg.fa_kernel, cfg.fa_ffn_mult) for _ in range(cfg.fa_layers))
+        self.teaca = None
+        if embedding_dim is not None:
+            self.teaca = nn.ModuleList(
+                TargetEmbeddingCrossAttention(width, embedding_dim, cfg.teaca_dim, cfg.teaca_heads)
+                for _ in range(cfg.fa_layers))
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None):
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+        for i, fa in enumerate(self.fa):
+            x = fa(x)
+            if self.teaca is not None:
+                x = self.teaca[i](x, embedding)
+        maps = []
+        for i, block in enumerate(self.decoder):
+            x = block(x)
+            if i < 3:
+                x = x + skips[2 - i]
+            maps.append(x)
+        return x, maps
+
+
+class ConditionProjection(nn.Module):
+    """Projects the last four TRCNN maps, each with its own linear layer, and concatenates them per frame
+    into the CD's condition vectors (paper 2.2): (B, T, 4 * cond_dim)."""
+
+    def __init__(self, cfg: ASMConfig):
+        super().__init__()
+        bins = bins_per_layer(cfg)[5:]
+        self.proj = nn.ModuleList(nn.Linear(c * f, cfg.cond_dim) for c, f in zip(cfg.channels[4:], bins))
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([proj(m.flatten(2)) for proj, m in zip(self.proj, maps)], dim=-1)
+
+
+class AudioSeparationModel(nn.Module):
+    """ASM: separates the target from a mixture given the target audio embedding (paper 2.2, Fig. 3).
+
+    forward(mixture (B, N), embedding (B, E)) -> (separated (B, N), condition (B, T, 4*cond_dim))
+    N must be a multiple of the subband count.
+    """
+
+    def __init__(self, cfg: HybridSepConfig):
+        super().__init__()
+        a = cfg.asm
+        self.cfg = cfg
+        self.spectrogram = SubbandSpectrogram(a)
+        bins = a.n_fft // 2
+        in_channels = 2 * a.subbands
+        self.beats = None
+        if not cfg.no_ssl:
+            self.resample = Resample(cfg.sample_rate, BEATS_SAMPLE_RATE)
+            self.beats = BEATs(cfg.beats)
+            self.beats_to_bins = FrameToBins(cfg.beats.encoder_embed_dim, a.side_channels, bins)
+            in_channels += a.side_channels
+        self.stack = TRCNNStack(a, in_channels, cfg.embedding_dim)
+        self.condition = ConditionProjection(a)
+
+    def forward(self, mixture: torch.Tensor, embedding: torch.Tensor):
+        if mixture.shape[-1] % self.cfg.asm.subbands:
+            raise ValueError(f"mixture length must be a multiple of {self.cfg.asm.subbands} samples")
+        spec = self.spectrogram(mixture)
+        x = compress(spec[:, :, :-1], self.cfg.asm.compress)  # the stack leaves out the Nyquist bin
+        if self.beats is not None:
+            frames = self.beats.frame_features(self.resample(mixture), spec.shape[1])
+            x = torch.cat((x, self.beats_to_bins(frames)), dim=-1)
+        mask, maps = self.stack(x, embedding)
+        separated = self.spectrogram.inverse(apply_complex_mask(mask, spec), mixture.shape[-1])
+        return separated, self.condition(maps)

@@ -1,0 +1,110 @@
+"""The whole Hybrid-Sep model (paper Fig. 1 and 2) with `save_pretrained` / `from_pretrained`.
+
+Inference (Fig. 2): query text -> CLAP text encoder -> text embedding;
+mixture -> CLAP audio encoder + FE -> AET(text emb, mixture emb, FE frames) -> predicted target audio embedding;
+mixture + target embedding -> ASM -> separated target.
+The `one_stage` ablation feeds the text embedding straight to the ASM (no FE / AET).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hybridsep_rt.atomic import atomic_path
+from training.config import HybridSepConfig
+from training.models.aet import AudioEmbeddingTransformer, FeatureExtractor
+from training.models.asm import AudioSeparationModel
+from training.models.clap import AudioTextEncoder, build_audio_text_encoder, load_audio_text_encoder
+from training.models.denoiser import ConditionalDenoiser
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.pt"
+CLAP_FOLDER = "clap"
+
+
+def freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+
+
+class HybridSep(nn.Module):
+    def __init__(self, cfg: HybridSepConfig, clap: AudioTextEncoder | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.clap = clap if clap is not None else build_audio_text_encoder(cfg)
+        if self.clap.embedding_dim != cfg.embedding_dim:
+            raise ValueError(f"the audio-text encoder gives {self.clap.embedding_dim}-d embeddings but the config "
+                             f"says embedding_dim={cfg.embedding_dim}")
+        self.fe = self.aet = None
+        if not cfg.one_stage:
+            max_frames = cfg.window_samples // cfg.fe.hop_length + 1
+            self.fe = FeatureExtractor(cfg.fe, max_frames)
+            self.aet = AudioEmbeddingTransformer(cfg.aet, cfg.embedding_dim, cfg.fe.dim)
+        self.asm = AudioSeparationModel(cfg)
+        self.cd = None if cfg.no_cd else ConditionalDenoiser(cfg)
+        # Paper 2.1 / 2.2: the CLAP encoders and BEATs are pre-trained and frozen.
+        freeze(self.clap)
+        if self.asm.beats is not None:
+            freeze(self.asm.beats)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [m for m in (self.clap, self.asm.beats) if m is not None]
+
+    def train(self, mode: bool = True) -> "HybridSep":
+        super().train(mode)
+        for m in self.frozen_modules():
+            m.eval()  # frozen encoders keep their inference behaviour (dropout, layer drop) in training
+        return self
+
+    def target_embedding(self, mixture: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """Stage 1 (2.1): the predicted target audio embedding; the text embedding itself when one_stage."""
+        if self.aet is None:
+            return text_emb
+        mixture_emb = self.clap.audio_features(mixture)
+        return self.aet(text_emb, mixture_emb, self.fe(mixture))
+
+    def forward(self, mixture: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """mixture (B, N) at cfg.sample_rate, text_emb (B, E) -> separated target (B, N)."""
+        separated, _ = self.asm(mixture, self.target_embedding(mixture, text_emb))
+        return separated
+
+    @torch.no_grad()
+    def separate(self, mixture: torch.Tensor, queries: list[str]) -> torch.Tensor:
+        return self(mixture, self.clap.embed_text(queries))
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """config.json + model.pt (every weight but the audio-text encoder's) + clap/ (its own folder)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.cfg.save(folder / CONFIG_FILE)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("clap.")}
+        with atomic_path(folder / WEIGHTS_FILE) as tmp:
+            torch.save(state, tmp)
+        self.clap.save_pretrained(folder / CLAP_FOLDER)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "HybridSep":
+        folder = Path(folder)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, CLAP_FOLDER):
+            if not (folder / name).exists():
+                raise FileNotFoundError(f"{folder} is not a Hybrid-Sep model folder: {name} is missing")
+        try:
+            cfg = HybridSepConfig.load(folder / CONFIG_FILE)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{folder / CONFIG_FILE} is not a valid Hybrid-Sep config: {e}") from e
+        model = cls(cfg, clap=load_audio_text_encoder(folder / CLAP_FOLDER, input_rate=cfg.sample_rate))
+        try:
+            state = torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{folder / WEIGHTS_FILE} cannot be read as a torch checkpoint: {e}") from e
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("clap.")]
+        if missing or unexpected:
+            raise ValueError(f"{folder / WEIGHTS_FILE} does not match its config: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        return model

@@ -1,0 +1,399 @@
+"""The three training stages (paper Fig. 1, sections 2.1 and 2.2).
+
+- stage0: the compact audio-text encoder, contrastive (symmetric InfoNCE), for users without T-CLAP weights.
+- stage1: FE + AET, L1 between the predicted and the frozen CLAP audio embedding of the target (2.1).
+- stage2: ASM + CD with a discriminator, adversarial consistent training (2.2, Algorithm 1).
+
+Each stage owns its model parts, optimisers and data; `training.trainer.train` runs the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from training.config import get_config
+from training.data.clips import ClipTextDataset
+from training.data.mixer import MixerConfig, MixtureDataset
+from training.losses import adversarial_loss, discriminator_loss, pseudo_huber, symmetric_info_nce
+from training.models.discriminator import MultiScaleSTFTDiscriminator
+from training.models.hybridsep import HybridSep
+from training.schedules import sample_noise_levels
+from training.trainer import DistributedEnv, TrainConfig, generators_for
+
+
+class Indexed(torch.utils.data.Dataset):
+    """Adds the run-wide example index to each item (it seeds the step's random draws)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "index": index}
+
+
+def collate(items: list[dict]) -> dict:
+    out = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out
+
+
+def build_model(cfg: TrainConfig) -> HybridSep:
+    if cfg.init:
+        model = HybridSep.from_pretrained(cfg.init)
+        changed = {k: v for k, v in cfg.model.items() if getattr(model.cfg, k) != v}
+        if changed:
+            raise ValueError(f"model overrides {changed} differ from the model in {cfg.init}")
+        return model
+    return HybridSep(get_config(cfg.preset, **cfg.model))
+
+
+class Stage:
+    """Shared parts: the model, its device, DDP wrapping, the valid set and saving."""
+
+    name = ""
+
+    def __init__(self, cfg: TrainConfig, env: DistributedEnv):
+        self.cfg, self.env = cfg, env
+        self.model = build_model(cfg).to(env.device)
+        self.sample_rate = self.model.cfg.sample_rate
+        self.collate = collate
+        self._wrapped: dict[str, nn.Module] = {}
+
+    def trainable(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def modules(self) -> dict[str, nn.Module]:
+        """What a checkpoint holds (unwrapped modules)."""
+        return self.trainable()
+
+    def wrap_distributed(self) -> None:
+        for name, module in self.trainable().items():
+            self._wrapped[name] = module
+            if self.env.world_size > 1:
+                ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+                self._wrapped[name] = DistributedDataParallel(module, device_ids=ids)
+
+    def run(self, name: str) -> nn.Module:
+        """The module to call in a training step (its DDP wrapper when distributed)."""
+        return self._wrapped.get(name, self.trainable()[name])
+
+    def autocast(self):
+        if self.env.device.type == "cuda" and self.cfg.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def adamw(self, *modules: nn.Module) -> torch.optim.AdamW:
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay)
+
+    def step_optimizer(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        optimizer.step()
+        return float(norm)
+
+    def mixtures(self, split: str, length: int, mixer: MixerConfig | None = None) -> Indexed:
+        mixer = mixer or MixerConfig.paper()
+        mixer.segment_seconds = self.model.cfg.window_seconds
+        return Indexed(MixtureDataset(self.cfg.manifest, split, self.sample_rate, self.cfg.seed, mixer, length))
+
+    def valid_batches(self):
+        loader = torch.utils.data.DataLoader(self.valid_set, batch_size=max(1, self.cfg.batch_size // self.env.world_size),
+                                             collate_fn=self.collate)
+        return loader
+
+    def to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.env.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def log_audio(self, writer, step: int) -> None:
+        pass
+
+    def save_model(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+
+
+class ContrastiveStage(Stage):
+    """Stage 0: trains the compact audio-text encoder's audio tower and text projection (the MiniLM text tower
+    stays frozen) with the symmetric InfoNCE loss of CLAP; reports text-to-audio recall@1 and @5 on valid."""
+
+    name = "stage0"
+
+    def __init__(self, cfg: TrainConfig, env: DistributedEnv):
+        super().__init__(cfg, env)
+        self.clap = self.model.clap
+        if not hasattr(self.clap, "trainable_parameters") or self.model.cfg.clap.backend != "compact":
+            raise ValueError("stage 0 trains the compact audio-text encoder; this model uses "
+                             f"the {self.model.cfg.clap.backend!r} backend (frozen pretrained CLAP needs no stage 0)")
+        for p in self.clap.trainable_parameters():
+            p.requires_grad_(True)
+        self.encoder = ContrastiveModel(self.clap)
+        window = self.model.cfg.window_seconds
+        self.train_set = Indexed(ClipTextDataset(cfg.manifest, "train", self.sample_rate, cfg.seed, window,
+                                                 length=cfg.steps * cfg.batch_size))
+        self.valid_set = Indexed(ClipTextDataset(cfg.manifest, "valid", self.sample_rate, cfg.seed + 1, window))
+        self.optimizer = self.adamw(self.encoder)
+
+    def trainable(self):
+        return {"encoder": self.encoder}
+
+    def optimizers(self):
+        return {"encoder": self.optimizer}
+
+    def train_step(self, batch: dict, step: int) -> dict:
+        batch = self.to_device(batch)
+        self.encoder.train()
+        tokens = {k: v.to(self.env.device) for k, v in self.clap.tokenize(batch["text"]).items()}
+        with self.autocast():
+            loss = self.run("encoder")(batch["audio"], tokens["input_ids"], tokens["attention_mask"])
+        norm = self.step_optimizer(self.optimizer, loss)
+        return {"loss": loss.item(), "grad_norm": norm, "logit_scale": float(self.encoder.logit_scale.detach())}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.encoder.eval()
+        audio, text, clip = [], [], []
+        for batch in self.valid_batches():
+            batch = self.to_device(batch)
+            audio.append(self.clap.audio_features(batch["audio"]))
+            text.append(self.clap.embed_text(batch["text"]).to(self.env.device))
+            clip += batch["clip"]
+        return retrieval_recall(torch.cat(text), torch.cat(audio), clip)
+
+
+class ContrastiveModel(nn.Module):
+    """The audio-text encoder plus CLIP's learnable temperature; forward returns the InfoNCE loss."""
+
+    def __init__(self, clap):
+        super().__init__()
+        self.clap = clap
+        self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))  # CLIP's initial temperature 0.07
+
+    def forward(self, audio: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return symmetric_info_nce(self.clap.audio_features(audio), self.clap.text_features(input_ids, attention_mask),
+                                  self.logit_scale)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.clap.train(mode)  # the encoder keeps its frozen text tower in inference mode itself
+        return self
+
+
+def retrieval_recall(text_emb: torch.Tensor, audio_emb: torch.Tensor, clip_ids: list[int]) -> dict:
+    """Text-to-audio recall@1 and @5: a text retrieves correctly when its own clip is among the top k audios
+    (texts of the same clip count as the same item)."""
+    sims = text_emb @ audio_emb.t()
+    ids = torch.tensor(clip_ids)
+    ranked = ids[sims.argsort(dim=1, descending=True).cpu()]
+    hits = ranked == ids[:, None]
+    return {f"recall@{k}": float(hits[:, :k].any(dim=1).float().mean()) for k in (1, 5)}
+
+
+class EmbeddingStage(Stage):
+    """Stage 1 (2.1): FE + AET predict the target's CLAP audio embedding from the query's text embedding, the
+    mixture's CLAP audio embedding and FE frames; L1 to the frozen CLAP audio encoder on the target."""
+
+    name = "stage1"
+
+    def __init__(self, cfg: TrainConfig, env: DistributedEnv):
+        super().__init__(cfg, env)
+        if self.model.aet is None:
+            raise ValueError("a one_stage model has no FE / AET: it skips stage 1")
+        self.predictor = EmbeddingPredictor(self.model)
+        self.train_set = self.mixtures("train", cfg.steps * cfg.batch_size)
+        self.valid_set = self.mixtures("valid", cfg.eval_examples)
+        self.optimizer = self.adamw(self.predictor)
+
+    def trainable(self):
+        return {"predictor": self.predictor}
+
+    def optimizers(self):
+        return {"predictor": self.optimizer}
+
+    def train_step(self, batch: dict, step: int) -> dict:
+        batch = self.to_device(batch)
+        self.model.train()
+        with torch.no_grad():
+            text_emb = self.model.clap.embed_text(batch["query"]).to(self.env.device)
+            target_emb = self.model.clap.audio_features(batch["target"])
+        with self.autocast():
+            predicted = self.run("predictor")(batch["mixture"], text_emb)
+        loss = (predicted.float() - target_emb).abs().mean()
+        norm = self.step_optimizer(self.optimizer, loss)
+        return {"l1": loss.item(), "grad_norm": norm}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        predicted, text, target = [], [], []
+        for batch in self.valid_batches():
+            batch = self.to_device(batch)
+            t = self.model.clap.embed_text(batch["query"]).to(self.env.device)
+            predicted.append(self.model.target_embedding(batch["mixture"], t))
+            text.append(t)
+            target.append(self.model.clap.audio_features(batch["target"]))
+        predicted, text, target = torch.cat(predicted), torch.cat(text), torch.cat(target)
+        return {"cosine_predicted_target": float((predicted * target).sum(-1).mean()),
+                "cosine_text_target": float((text * target).sum(-1).mean()),
+                "l1": float((predicted - target).abs().mean())}
+
+
+class EmbeddingPredictor(nn.Module):
+    """FE + AET as one module (what stage 1 trains): forward(mixture, text_emb) -> predicted target embedding."""
+
+    def __init__(self, model: HybridSep):
+        super().__init__()
+        self.fe, self.aet = model.fe, model.aet
+        self.clap = [model.clap]  # a list keeps the frozen encoder out of this module's parameters and state
+
+    def forward(self, mixture: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            mixture_emb = self.clap[0].audio_features(mixture)
+        return self.aet(text_emb, mixture_emb, self.fe(mixture))
+
+
+class AdversarialConsistentStage(Stage):
+    """Stage 2 (2.2): adversarial consistent training, Algorithm 1.
+
+    Per iteration k: Phase 1 trains D with the LSGAN loss on X_target vs ASM(X_mixed). Phase 2 regenerates
+    (X_gen, c) = ASM(X_mixed), and with noise levels sigma_i < sigma_{i+1} and weight lambda_consist(k) from the
+    consistency-training schedules (schedules.py) and one z ~ N(0, I) per example, denoises X_target + sigma_{i+1} z
+    and X_target + sigma_i z with CD(., c); L_consist = d(pred1, pred2.detach()) with the pseudo-Huber d;
+    L_T = L_adv + lambda_L1 * L1 + lambda_consist(k) * L_consist; one AdamW step on ASM and CD.
+
+    The ASM's target embedding: the frozen CLAP audio encoder on X_target (teacher forcing) by default — Fig. 1
+    trains the ASM "based on target audio embedding" while the AET's prediction replaces it at inference (Fig. 2);
+    `target_embedding="aet"` uses the stage-1 prediction instead. For the one_stage ablation it is the text embedding.
+    """
+
+    name = "stage2"
+
+    def __init__(self, cfg: TrainConfig, env: DistributedEnv):
+        super().__init__(cfg, env)
+        self.generator = Generator(self.model)
+        self.discriminator = MultiScaleSTFTDiscriminator(self.model.cfg.discriminator).to(env.device)
+        self.train_set = self.mixtures("train", cfg.steps * cfg.batch_size)
+        self.valid_set = self.mixtures("valid", cfg.eval_examples, MixerConfig.keyword_eval())
+        self.opt_g = self.adamw(self.generator)  # opt_ASM: ASM and CD (Algorithm 1)
+        self.opt_d = self.adamw(self.discriminator)  # opt_D
+
+    def trainable(self):
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def optimizers(self):
+        return {"generator": self.opt_g, "discriminator": self.opt_d}
+
+    @torch.no_grad()
+    def condition_embedding(self, batch: dict) -> torch.Tensor:
+        text_emb = self.model.clap.embed_text(batch["query"]).to(self.env.device)
+        if self.model.cfg.one_stage:
+            return text_emb
+        if self.cfg.target_embedding == "aet":
+            return self.model.target_embedding(batch["mixture"], text_emb)
+        return self.model.clap.audio_features(batch["target"])
+
+    def train_step(self, batch: dict, step: int) -> dict:
+        batch = self.to_device(batch)
+        self.model.train()
+        self.discriminator.train()
+        mixture, target = batch["mixture"], batch["target"]
+        emb = self.condition_embedding(batch)
+        disc = self.run("discriminator")
+
+        # Phase 1: train D.
+        with torch.no_grad(), self.autocast():
+            generated = self.generator.separate(mixture, emb)
+        with self.autocast():
+            logits, _ = disc(torch.cat((target, generated.float())))
+        real = [l[: len(target)] for l in logits]
+        fake = [l[len(target):] for l in logits]
+        loss_d = discriminator_loss(real, fake)
+        norm_d = self.step_optimizer(self.opt_d, loss_d)
+
+        # Phase 2: train ASM and CD.
+        noisy1 = noisy2 = None
+        weight = torch.zeros(len(target), device=target.device)
+        if self.generator.cd is not None:
+            gens = generators_for(batch["index"], self.cfg.seed, salt=2)
+            sigma_lo, sigma_hi, weight = (x.to(target.device) for x in sample_noise_levels(step, self.cfg.steps, gens))
+            z = torch.stack([torch.randn(target.shape[1:], generator=g) for g in gens]).to(target.device)
+            noisy1 = target + sigma_hi[:, None] * z
+            noisy2 = target + sigma_lo[:, None] * z
+        with self.autocast():
+            generated, pred1, pred2 = self.run("generator")(mixture, emb, noisy1, noisy2)
+            with disc.no_sync() if isinstance(disc, DistributedDataParallel) else contextlib.nullcontext():
+                fake_logits, _ = disc(generated.float())
+        loss_adv = adversarial_loss(fake_logits)
+        loss_l1 = (generated.float() - target).abs().mean()
+        loss = loss_adv + self.cfg.lambda_l1 * loss_l1
+        scalars = {}
+        if pred1 is not None:
+            consist = pseudo_huber(pred1.float(), pred2.detach().float())
+            loss_consist = (self.cfg.consist_weight * weight * consist).mean()
+            loss = loss + loss_consist
+            scalars["consist"] = loss_consist.item()
+        norm_g = self.step_optimizer(self.opt_g, loss)
+        return {"loss_d": loss_d.item(), "adv": loss_adv.item(), "l1": loss_l1.item(), **scalars, "loss": loss.item(),
+                "grad_norm_g": norm_g, "grad_norm_d": norm_d}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        from training.metrics import sdri
+
+        self.model.eval()
+        improvements = []
+        for batch in self.valid_batches():
+            batch = self.to_device(batch)
+            text_emb = self.model.clap.embed_text(batch["query"]).to(self.env.device)
+            estimate = self.model(batch["mixture"], text_emb)  # inference path: the AET's embedding (Fig. 2)
+            for est, ref, mix in zip(estimate.cpu().numpy(), batch["target"].cpu().numpy(),
+                                     batch["mixture"].cpu().numpy()):
+                improvements.append(sdri(ref, est, mix))
+        return {"sdri": float(np.mean(improvements))}
+
+    @torch.no_grad()
+    def log_audio(self, writer, step: int) -> None:
+        batch = self.to_device(next(iter(self.valid_batches())))
+        text_emb = self.model.clap.embed_text(batch["query"][:1]).to(self.env.device)
+        estimate = self.model(batch["mixture"][:1], text_emb)
+        for name, wave in (("mixture", batch["mixture"][0]), ("target", batch["target"][0]), ("separated", estimate[0])):
+            writer.add_audio(f"example/{name}", wave.clamp(-1, 1).cpu(), step, sample_rate=self.sample_rate)
+        writer.add_text("example/query", batch["query"][0], step)
+
+
+class Generator(nn.Module):
+    """ASM and CD as one module (what opt_ASM trains): forward(mixture, emb, noisy1, noisy2) ->
+    (X_gen, CD(noisy1, c), CD(noisy2, c)); without CD (the no_cd ablation) the predictions are None."""
+
+    def __init__(self, model: HybridSep):
+        super().__init__()
+        self.asm, self.cd = model.asm, model.cd
+
+    def separate(self, mixture: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.asm(mixture, emb)[0]
+
+    def forward(self, mixture, emb, noisy1=None, noisy2=None):
+        generated, condition = self.asm(mixture, emb)
+        if self.cd is None or noisy1 is None:
+            return generated, None, None
+        pred = self.cd(torch.cat((noisy1, noisy2)), torch.cat((condition, condition)))
+        return generated, pred[: len(noisy1)], pred[len(noisy1):]
+
+
+STAGES = {"stage0": ContrastiveStage, "stage1": EmbeddingStage, "stage2": AdversarialConsistentStage}
+
+
+def build_stage(cfg: TrainConfig, env: DistributedEnv) -> Stage:
+    return STAGES[cfg.stage](cfg, env)

@@ -1,0 +1,282 @@
+"""Training plumbing shared by the three stages: configuration, distributed set-up, the data order, checkpoints
+with exact resume, signals, logging and the loop itself.
+
+Run on one process (`hybridsep train stage2 ...`) or on many (`torchrun --nproc-per-node 8 -m
+hybridsep_rt.cli train stage2 ...`); NCCL on GPUs, gloo on CPU. `batch_size` is the global batch: each of
+the W processes takes batch_size / W examples of it, so a step is the same whatever W is.
+
+Exact resume: example i of the run is drawn from (seed, i) and every random draw of a step is seeded from
+the example indices, so the data and noise of step k do not depend on what ran before; checkpoints hold the
+step, the model, the optimisers and the RNG states.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from hybridsep_rt.atomic import atomic_path
+
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FOLDER = "model"
+CONFIG_FILE = "train_config.json"
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "stage2"
+    manifest: str = ""
+    out: str = "runs/train"
+    preset: str = "small"
+    model: dict = field(default_factory=dict)  # HybridSepConfig top-level overrides, e.g. {"one_stage": true}
+    init: str | None = None  # a model folder to start from (the previous stage's `model/`)
+    steps: int = 60000  # paper 3.1: each stage takes about 60000 steps to converge
+    batch_size: int = 128  # paper 3.1: batch size 128 (global: split over the processes)
+    lr: float = 1e-4  # paper 3.1: AdamW, initial learning rate 1e-4
+    betas: tuple[float, float] = (0.8, 0.99)  # paper 3.1: beta1 0.8, beta2 0.99
+    weight_decay: float = 0.01  # not given: AdamW's usual default
+    grad_clip: float = 1.0  # not given: clip the gradient norm of each optimiser's parameters
+    lambda_l1: float = 1.0  # paper 2.2: "lambda_L1 is set to 1"
+    consist_weight: float = 1.0  # global factor on lambda_consist(k) (schedules.py)
+    target_embedding: str = "clap"  # stage 2: "clap" (teacher forcing, Fig. 1) or "aet" (stage-1 predictions)
+    seed: int = 0
+    workers: int = 2
+    checkpoint_every: int = 500
+    log_every: int = 20
+    eval_every: int = 1000
+    eval_examples: int = 32
+    audio_every: int = 2000
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        if self.stage not in ("stage0", "stage1", "stage2"):
+            raise ValueError(f"unknown stage {self.stage!r}: choose stage0, stage1 or stage2")
+        if self.target_embedding not in ("clap", "aet"):
+            raise ValueError("target_embedding must be 'clap' or 'aet'")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read the training config {path}: {e}") from e
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(names)}")
+        return cls(**data)
+
+    def with_overrides(self, overrides: list[str]) -> "TrainConfig":
+        """`key=value` overrides (value parsed as JSON, else a string); `model.key=value` sets a model override."""
+        data = dataclasses.asdict(self)
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} is not of the form key=value")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            if key.startswith("model."):
+                data["model"][key[len("model."):]] = value
+            else:
+                data[key] = value
+        return TrainConfig.from_dict(data)
+
+
+@dataclass
+class DistributedEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> DistributedEnv:
+    """Reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and joins the process group."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return DistributedEnv(rank, world, local, dev)
+
+
+def example_indices(step: int, batch_size: int, env: DistributedEnv) -> list[int]:
+    """The run-wide indices of the examples this process takes at `step`."""
+    if batch_size % env.world_size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {env.world_size} processes")
+    local = batch_size // env.world_size
+    start = step * batch_size + env.rank * local
+    return list(range(start, start + local))
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batch sampler: the example indices of steps start, start+1, ..., steps-1 for this process."""
+
+    def __init__(self, start: int, steps: int, batch_size: int, env: DistributedEnv):
+        self.start, self.steps, self.batch_size, self.env = start, steps, batch_size, env
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            yield example_indices(step, self.batch_size, self.env)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+def generators_for(indices, seed: int, salt: int = 0) -> list[torch.Generator]:
+    """One torch generator per example, seeded from (seed, example index, salt): random draws that do not depend on
+    the process count or on what ran before."""
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, int(i), salt]).generate_state(1)[0]))
+            for i in indices]
+
+
+def rng_state() -> dict:
+    """The RNG states, in types `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                       has_gauss, cached],
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, step: int, stage, cfg: TrainConfig) -> None:
+    state = {
+        "step": step,
+        "config": dataclasses.asdict(cfg),
+        "modules": {name: m.state_dict() for name, m in stage.modules().items()},
+        "optimizers": {name: o.state_dict() for name, o in stage.optimizers().items()},
+        "rng": rng_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, stage) -> int:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read the checkpoint {path}: {e}; move it away to start over") from e
+    for name, m in stage.modules().items():
+        m.load_state_dict(state["modules"][name])
+    for name, o in stage.optimizers().items():
+        o.load_state_dict(state["optimizers"][name])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGINT into a flag the loop checks after each step (then it checkpoints and exits)."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+
+def _log(writer, scalars: dict, step: int, prefix: str) -> None:
+    if writer is not None:
+        for k, v in scalars.items():
+            writer.add_scalar(f"{prefix}/{k}", v, step)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path | None:
+    """Runs (or resumes) one stage; returns the folder of the trained model (`out/model`), or None when a signal
+    stopped it early (the checkpoint is written: the same command resumes)."""
+    from tqdm import tqdm
+
+    from training.stages import build_stage
+
+    env = setup_distributed(cfg.device)
+    out = Path(cfg.out)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    torch.manual_seed(cfg.seed)  # identical initial weights on every process
+    stage = build_stage(cfg, env)
+    step = 0
+    if (out / CHECKPOINT_FILE).exists():
+        step = load_checkpoint(out / CHECKPOINT_FILE, stage)
+    stage.wrap_distributed()
+    stop = StopRequest()
+    writer = None
+    if env.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"))
+    loader = torch.utils.data.DataLoader(
+        stage.train_set, batch_sampler=StepBatches(step, cfg.steps, cfg.batch_size, env),
+        num_workers=cfg.workers, collate_fn=stage.collate, persistent_workers=False)
+    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.stage, disable=not (progress and env.is_main), unit="step")
+    started = time.perf_counter()
+    for batch in loader:
+        scalars = stage.train_step(batch, step)
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()})
+            _log(writer, scalars, step, "train")
+            if writer is not None:
+                writer.add_scalar("train/steps_per_second", bar.n / max(time.perf_counter() - started, 1e-9), step)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            _log(writer, stage.evaluate(), step, "valid")
+        if writer is not None and step % cfg.audio_every == 0:
+            stage.log_audio(writer, step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signal is not None:
+            if env.is_main:
+                save_checkpoint(out / CHECKPOINT_FILE, step, stage, cfg)
+            if stop.signal is not None:
+                bar.write(f"stopped by signal {stop.signal} at step {step}; checkpoint written, rerun to resume",
+                          file=sys.stderr)
+                break
+    bar.close()
+    finished = step == cfg.steps
+    if env.is_main and finished:
+        stage.save_model(out / MODEL_FOLDER)
+    if writer is not None:
+        writer.close()
+    if dist.is_initialized():
+        dist.barrier()
+    return out / MODEL_FOLDER if finished else None
