@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from export.graphs import OPSET, AETGraph, ASMGraph, convert_to_fp16, export_graph
-from hybridsep_rt.atomic import atomic_write_text
+from hybridsep_rt.atomic import UMASK, atomic_write_text
 from hybridsep_rt.bundle import (
     AET,
     ASM,
@@ -217,8 +217,17 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"refusing to overwrite {out}: it is not a model bundle (no {MANIFEST_FILE})")
 
 
+def _default_permissions(folder: Path) -> None:
+    """Temporary folders and files are created private (0700 / 0600); give the bundle the permissions of an
+    ordinarily created folder (umask applied)."""
+    os.chmod(folder, 0o777 & ~UMASK)
+    for path in folder.iterdir():
+        os.chmod(path, 0o666 & ~UMASK)
+
+
 def _move_into_place(staging: Path, out: Path) -> None:
     """Rename the finished staging folder to ``out``, replacing an existing bundle there."""
+    _default_permissions(staging)
     if not out.exists():
         os.rename(staging, out)
         return
@@ -247,7 +256,8 @@ def _write_bundle(model: HybridSep, folder: Path, fp16: bool, audio: np.ndarray 
         inputs, outputs = session_io(session)
         parity = measure_parity(graph, session)
         _check_parity(graph.name, "fp32", parity, PARITY_MIN_SNR_DB, log)
-        variants = {"fp32": {"file": path.name, "sha256": sha256_file(path), "parity": parity}}
+        variants = {"fp32": {"file": path.name, "sha256": sha256_file(path), "parity": parity,
+                             "parity_device": "cpu"}}
         if fp16:
             half = folder / graph_file_name(graph.name, "fp16")
             convert_to_fp16(path, half)
@@ -304,7 +314,7 @@ def export_bundle(model: HybridSep, out_dir: str | Path, fp16: bool = False,
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         _write_bundle(model, staging, fp16, parity_audio, evaluation, threads, log)
-        Bundle.load(staging)  # the runtime accepts it
+        Bundle.load(staging, check_graphs=False)  # the runtime accepts it (the graphs already ran above)
         _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

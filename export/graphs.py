@@ -47,27 +47,30 @@ def export_graph(graph: nn.Module, inputs: tuple[torch.Tensor, ...], input_names
     for name, axes in (dynamic_axes or {}).items():
         dynamic[name] = {**dynamic.get(name, {}), **axes}
     with torch.no_grad():
-        outputs = graph.eval()(*inputs)
-        torch.onnx.export(graph, inputs, str(path), input_names=input_names, output_names=output_names,
+        torch.onnx.export(graph.eval(), inputs, str(path), input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
-    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-    _fix_output_shapes(path, {name: tuple(t.shape) for name, t in zip(output_names, outputs)}, dynamic)
+    _fix_output_shapes(path, {name: t.numpy() for name, t in zip(input_names, inputs)}, dynamic)
 
 
-def _fix_output_shapes(path, shapes: dict[str, tuple[int, ...]], dynamic: dict[str, dict[int, str]]) -> None:
-    """Write the traced sizes into output axes the exporter left symbolic (e.g. the separated window's
-    length, which it cannot infer through the iSTFT), keeping the declared dynamic axes symbolic."""
+def _fix_output_shapes(path, feeds: dict, dynamic: dict[str, dict[int, str]]) -> None:
+    """Write the sizes onnxruntime computes for ``feeds`` into the output axes the exporter left symbolic
+    (e.g. the separated window's length, which it cannot infer through the iSTFT), keeping the declared
+    dynamic axes symbolic."""
     import onnx
+    import onnxruntime as ort
 
     model = onnx.load(str(path))
-    changed = False
-    for output in model.graph.output:
-        for axis, dim in enumerate(output.type.tensor_type.shape.dim):
-            if axis not in dynamic.get(output.name, {}) and not dim.HasField("dim_value"):
-                dim.dim_value = shapes[output.name][axis]
-                changed = True
-    if changed:
-        onnx.save(model, str(path))
+    unknown = [(output, axis, dim) for output in model.graph.output
+               for axis, dim in enumerate(output.type.tensor_type.shape.dim)
+               if axis not in dynamic.get(output.name, {}) and not dim.HasField("dim_value")]
+    if not unknown:
+        return
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in model.graph.output]
+    shapes = dict(zip(names, (value.shape for value in session.run(names, feeds))))
+    for output, axis, dim in unknown:
+        dim.dim_value = shapes[output.name][axis]
+    onnx.save(model, str(path))
 
 
 # ----------------------------------------------------------------------------------------------------------

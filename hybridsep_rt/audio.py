@@ -16,11 +16,11 @@ import soxr
 
 from hybridsep_rt.atomic import atomic_path
 
-__all__ = ["AudioError", "read_audio", "write_audio", "resample", "to_model_rate", "file_format",
-           "writable_subtype"]
+__all__ = ["AudioError", "read_audio", "write_audio", "resample", "to_model_rate", "file_format", "file_subtype",
+           "writable_subtype", "check_finite"]
 
 # File extensions whose libsndfile format name differs from the upper-cased extension.
-_EXTENSION_FORMATS = {"aif": "AIFF", "aifc": "AIFF", "oga": "OGG", "opus": "OGG", "snd": "AU"}
+_EXTENSION_FORMATS = {"aif": "AIFF", "aifc": "AIFF", "oga": "OGG", "snd": "AU"}
 
 
 # Subtypes that store samples beyond [-1, 1] unharmed.
@@ -96,6 +96,14 @@ def resample(data: np.ndarray, rate: int, new_rate: int, length: int | None = No
 def to_model_rate(data: np.ndarray, rate: int, model_rate: int) -> np.ndarray:
     """(channels, N) at ``rate`` -> (channels, round(N * model_rate / rate)) at the model's rate."""
     return resample(data, rate, model_rate, length=int(round(data.shape[-1] * model_rate / rate)))
+
+
+def file_subtype(path: str | Path) -> str | None:
+    """The sample format of an audio file ("PCM_16", "FLOAT", ...), None when it cannot be read."""
+    try:
+        return sf.info(str(path)).subtype
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None
 
 
 def writable_subtype(path: str | Path, subtype: str | None) -> str | None:

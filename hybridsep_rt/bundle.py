@@ -249,7 +249,7 @@ def _read_manifest(folder: Path) -> dict:
 
 def _checked_file(folder: Path, entry: Any, what: str) -> Path:
     """The path of a manifest file entry ({"file", "sha256"}) after checking it exists and its hash."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str):
+    if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("sha256"), str)):
         raise BundleError(f"{folder / MANIFEST_FILE}: the {what} entry needs \"file\" and \"sha256\" strings")
     path = folder / entry["file"]
     if Path(entry["file"]).is_absolute() or ".." in Path(entry["file"]).parts:

@@ -11,6 +11,13 @@ import sys
 COMMANDS = {
     "params": ("training.summary", "print parameter counts (and forward times) of the model presets"),
     "corpus": ("training.data.corpus_cli", "build a local training corpus (instruments, speech, sounds)"),
+    "export": ("export.cli", "export a trained model folder to an ONNX model bundle"),
+    "separate": ("hybridsep_rt.separate", "separate an audio file by text query or example clip"),
+    "stream": ("hybridsep_rt.stream", "separate live audio from an input device to an output device"),
+    "devices": ("hybridsep_rt.devices", "list audio inputs and outputs (loopback sources marked)"),
+    "eval": ("training.evaluate", "score model bundles on keyword and caption test sets (paper Table 2)"),
+    "gui": ("gui.app", "the desktop app for live separation (PyQt6)"),
+    "bench": ("export.bench", "time the model presets: torch eager vs ONNX Runtime, streaming keep-up, memory"),
     "train": ("training.train_cli", "train one stage of Hybrid-Sep (on one CPU/GPU or many with torchrun)"),
 }
 

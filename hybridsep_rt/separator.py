@@ -11,7 +11,6 @@ Per window (``separate``), channels as a batch:
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,9 @@ import numpy as np
 
 from hybridsep_rt.bundle import AET, ASM, AUDIO_ENCODER, TEXT_ENCODER, Bundle, BundleError
 from hybridsep_rt.engine import Query
-from hybridsep_rt.session import DEVICES, GraphRunner, cuda_available
+from hybridsep_rt.session import CUDA_PROVIDER, DEVICES, GraphRunner, cuda_available
 
 __all__ = ["Condition", "OnnxSeparator", "fit_to_window"]
-
-log = logging.getLogger(__name__)
 
 PRECISION_CHOICES = ("auto", "fp32", "fp16")
 
@@ -69,23 +66,26 @@ class OnnxSeparator:
             raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {precision!r}")
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-        if precision == "auto":
-            on_cuda = device != "cpu" and cuda_available()
-            precision = "fp16" if on_cuda and self.bundle.has_precision("fp16") else "fp32"
-        if not self.bundle.has_precision(precision):
-            raise BundleError(f"bundle {self.bundle.folder} has no {precision} graphs; export it with --fp16")
-        self.precision = precision
         self.device = device
         self.threads = threads
+        self.precision = precision
+        if precision == "auto":
+            on_cuda = device != "cpu" and cuda_available()
+            self.precision = "fp16" if on_cuda and self.bundle.has_precision("fp16") else "fp32"
+        if not self.bundle.has_precision(self.precision):
+            raise BundleError(f"bundle {self.bundle.folder} has no {self.precision} graphs; export it with --fp16")
+        self._asm = self._open(ASM)
+        if precision == "auto" and self.precision == "fp16" and self._asm.provider != CUDA_PROVIDER:
+            self.precision = "fp32"  # CUDA was offered but not obtained: fp32 is the faster choice on the CPU
+            self._asm = self._open(ASM)
+        self.provider = self._asm.provider
         self.sample_rate = self.bundle.sample_rate
         self.window_samples = self.bundle.window_samples
         self.max_text_tokens = self.bundle.max_text_tokens
         self._tokenizer = self._load_tokenizer()
         self._text_encoder = self._open(TEXT_ENCODER)
         self._aet = None if self.bundle.one_stage else self._open(AET)
-        self._asm = self._open(ASM)
         self._audio_encoder: GraphRunner | None = None  # opened on the first query by example
-        self.provider = self._asm.provider
 
     def _open(self, graph: str) -> GraphRunner:
         return GraphRunner.open(self.bundle.graph_path(graph, self.precision), self.device, self.threads)
@@ -117,7 +117,6 @@ class OnnxSeparator:
         if encoding.overflowing:
             message = (f"the query is longer than the text encoder's {self.max_text_tokens} tokens and was "
                        f"truncated: {text[:60]!r}...")
-            log.warning(message)
             warnings.warn(message, UserWarning, stacklevel=3)
         return {
             "input_ids": np.asarray([encoding.ids], dtype=np.int64),

@@ -39,7 +39,6 @@ def _providers(device: str) -> list[str]:
 
 
 def _warn(message: str) -> None:
-    log.warning(message)
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 

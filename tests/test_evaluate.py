@@ -217,11 +217,13 @@ class FakeSeparator:
         self.calls += 1
         return self.gain * window
 
-    def embed_audio(self, waves):
-        return _embed_audio(waves)
+    def embed_audio(self, clip):
+        assert clip.ndim == 1
+        return _embed_audio(clip[None])
 
-    def embed_text(self, texts):
-        return _embed_text(texts)
+    def embed_text(self, text):
+        assert isinstance(text, str)
+        return _embed_text([text])
 
 
 def test_offline_system_runs_the_separator_per_window():

@@ -360,7 +360,7 @@ def format_table(results_by_testset: Mapping[str, EvalResults]) -> tuple[str, st
                 f"FAD is between separated and target CLAP embeddings (D = {', '.join(map(str, dims))}).")
     notes = [f"FAD n/a on {name}: {results.fad_note}" for name, results in results_by_testset.items()
              if results.fad_note]
-    markdown = "\n".join(lines) + "\n\n" + " ".join([footnote, *notes]) + "\n"
+    markdown = "\n".join(lines) + "\n\n" + "\n\n".join([footnote, *notes]) + "\n"
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -417,18 +417,20 @@ def offline_system(separator: Separator, input_rate: int, hop_seconds: float | N
 def clap_embedders(separator: Any, input_rate: int) -> tuple[EmbedAudio, EmbedText]:
     """The CLAPScore embedders of a bundle: its own `audio_encoder.onnx` and `text_encoder.onnx`.
 
-    `separator` is an `OnnxSeparator`, which runs them through `embed_audio(waves (B, N)) -> (B, D)` and
-    `embed_text(texts) -> (B, D)` at its sample rate; waves at `input_rate` are resampled to it first.
+    `separator` is an `OnnxSeparator` (or anything with its `sample_rate`, `embed_audio(clip (N,)) -> (1, D)`
+    and `embed_text(text) -> (1, D)`). Returns `embed_audio` ((B, N) waves at `input_rate`, resampled to the
+    separator's rate, -> (B, D)) and `embed_text` (B texts -> (B, D)).
     """
     from training.data.audio import resample
 
     rate = separator.sample_rate
 
     def embed_audio(waves: np.ndarray) -> np.ndarray:
-        return np.asarray(separator.embed_audio(resample(np.asarray(waves, dtype=np.float32), input_rate, rate)))
+        waves = resample(np.asarray(waves, dtype=np.float32), input_rate, rate)
+        return np.concatenate([np.asarray(separator.embed_audio(wave)).reshape(1, -1) for wave in waves])
 
     def embed_text(texts: list[str]) -> np.ndarray:
-        return np.asarray(separator.embed_text(list(texts)))
+        return np.concatenate([np.asarray(separator.embed_text(text)).reshape(1, -1) for text in texts])
 
     return embed_audio, embed_text
 
@@ -527,6 +529,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate the bundles; returns 0, or EXIT_USAGE after printing what went wrong."""
+    from hybridsep_rt.bundle import BundleError
     from hybridsep_rt.separator import OnnxSeparator
 
     names = [name for name, _ in args.bundle]
@@ -540,7 +543,7 @@ def run(args: argparse.Namespace) -> int:
             separators, args.manifest, args.split, {"keyword": args.keyword_n, "caption": args.caption_n},
             args.seed, args.cache, args.hop_seconds, progress=not args.quiet,
         )
-    except (OSError, ValueError) as error:
+    except (BundleError, OSError, ValueError) as error:
         return _fail(str(error))
     print(write_report(results, args.out))
     print(f"wrote {args.out / 'table.md'}, {args.out / 'table.csv'} and the per-example CSVs")

@@ -94,8 +94,12 @@ class Stage:
         return contextlib.nullcontext()
 
     def adamw(self, *modules: nn.Module) -> torch.optim.AdamW:
+        """AdamW (paper 3.1); weight decay on weight matrices only, not on biases, norms and scalars."""
         params = [p for m in modules for p in m.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay)
+        decay = [p for p in params if p.dim() >= 2]
+        rest = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas)
 
     def step_optimizer(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -105,9 +109,12 @@ class Stage:
         optimizer.step()
         return float(norm)
 
+    def segment_seconds(self) -> float:
+        return self.cfg.segment_seconds or self.model.cfg.window_seconds
+
     def mixtures(self, split: str, length: int, mixer: MixerConfig | None = None) -> Indexed:
         mixer = mixer or MixerConfig.paper()
-        mixer.segment_seconds = self.model.cfg.window_seconds
+        mixer.segment_seconds = self.segment_seconds()
         return Indexed(MixtureDataset(self.cfg.manifest, split, self.sample_rate, self.cfg.seed, mixer, length))
 
     def valid_batches(self):
@@ -134,13 +141,13 @@ class ContrastiveStage(Stage):
     def __init__(self, cfg: TrainConfig, env: DistributedEnv):
         super().__init__(cfg, env)
         self.clap = self.model.clap
-        if not hasattr(self.clap, "trainable_parameters") or self.model.cfg.clap.backend != "compact":
+        if not self.clap.trainable_parameters():
             raise ValueError("stage 0 trains the compact audio-text encoder; this model uses "
                              f"the {self.model.cfg.clap.backend!r} backend (frozen pretrained CLAP needs no stage 0)")
         for p in self.clap.trainable_parameters():
             p.requires_grad_(True)
         self.encoder = ContrastiveModel(self.clap)
-        window = self.model.cfg.window_seconds
+        window = self.segment_seconds()
         self.train_set = Indexed(ClipTextDataset(cfg.manifest, "train", self.sample_rate, cfg.seed, window,
                                                  length=cfg.steps * cfg.batch_size))
         self.valid_set = Indexed(ClipTextDataset(cfg.manifest, "valid", self.sample_rate, cfg.seed + 1, window))

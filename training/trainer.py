@@ -50,6 +50,7 @@ class TrainConfig:
     lambda_l1: float = 1.0  # paper 2.2: "lambda_L1 is set to 1"
     consist_weight: float = 1.0  # global factor on lambda_consist(k) (schedules.py)
     target_embedding: str = "clap"  # stage 2: "clap" (teacher forcing, Fig. 1) or "aet" (stage-1 predictions)
+    segment_seconds: float | None = None  # training crop length; None = the model's window (paper 3.1: 10 s)
     seed: int = 0
     workers: int = 2
     checkpoint_every: int = 500
@@ -250,7 +251,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path | None:
         stage.train_set, batch_sampler=StepBatches(step, cfg.steps, cfg.batch_size, env),
         num_workers=cfg.workers, collate_fn=stage.collate, persistent_workers=False)
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.stage, disable=not (progress and env.is_main), unit="step")
-    started = time.perf_counter()
+    started, first_step = time.perf_counter(), step
     for batch in loader:
         scalars = stage.train_step(batch, step)
         step += 1
@@ -259,7 +260,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path | None:
             bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()})
             _log(writer, scalars, step, "train")
             if writer is not None:
-                writer.add_scalar("train/steps_per_second", bar.n / max(time.perf_counter() - started, 1e-9), step)
+                rate = (step - first_step) / max(time.perf_counter() - started, 1e-9)
+                writer.add_scalar("train/steps_per_second", rate, step)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             _log(writer, stage.evaluate(), step, "valid")
         if writer is not None and step % cfg.audio_every == 0:

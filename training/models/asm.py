@@ -49,14 +49,14 @@ class SubbandSpectrogram(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         b = wave.shape[0]
         bands = self.pqmf.analysis(wave[:, None, :])  # (B, S, N/S)
-        spec = self.stft(bands.reshape(b * self.subbands, -1))  # (B*S, 2, T, F)
-        _, _, t, f = spec.shape
-        return spec.reshape(b, self.subbands, 2, t, f).permute(0, 3, 4, 1, 2).reshape(b, t, f, 2 * self.subbands)
+        spec = self.stft.frames(bands.reshape(b * self.subbands, -1))  # (B*S, T, 2, F)
+        _, t, _, f = spec.shape
+        return spec.reshape(b, self.subbands, t, 2, f).permute(0, 2, 4, 1, 3).reshape(b, t, f, 2 * self.subbands)
 
     def inverse(self, spec: torch.Tensor, length: int) -> torch.Tensor:
         b, t, f, _ = spec.shape
-        spec = spec.reshape(b, t, f, self.subbands, 2).permute(0, 3, 4, 1, 2).reshape(b * self.subbands, 2, t, f)
-        bands = self.stft.inverse(spec, length // self.subbands)
+        spec = spec.reshape(b, t, f, self.subbands, 2).permute(0, 3, 1, 4, 2).reshape(b * self.subbands, t, 2, f)
+        bands = self.stft.inverse_frames(spec, length // self.subbands)
         return self.pqmf.synthesis(bands.reshape(b, self.subbands, -1))[:, 0, :]
 
 

@@ -107,8 +107,8 @@ class AudioTextEncoder(nn.Module, ABC):
         return self.audio_features(wave.to(self._device()))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The parameters that receive gradients (those with requires_grad)."""
-        return [p for p in self.parameters() if p.requires_grad]
+        """The parameters a training stage may train: none for a pretrained (frozen) encoder."""
+        return []
 
     def write_tokenizer_json(self, path: str | Path) -> None:
         """Write a ``tokenizers`` ``tokenizer.json`` that pads and truncates as :meth:`tokenize` does.
@@ -511,6 +511,10 @@ class CompactClapEncoder(AudioTextEncoder):
         if wave.dim() != 2:
             raise ValueError(f"audio_features expects (batch, samples), got shape {tuple(wave.shape)}")
         return F.normalize(self.audio_tower(self.resample(wave)), dim=-1)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The text projection and the audio tower (MiniLM stays frozen)."""
+        return [*self.text_projection.parameters(), *self.audio_tower.parameters()]
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights and statistics of the trained parts (everything but the frozen MiniLM)."""

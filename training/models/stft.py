@@ -1,7 +1,8 @@
 """Short-time Fourier transform and its inverse with a DFT basis, so both export to ONNX.
 
-The forward transform multiplies gathered frames by the windowed DFT matrix; the inverse is a transposed
-convolution with the windowed inverse DFT basis (overlap-add), divided by the overlap-added squared window.
+The forward transform multiplies gathered frames by the windowed DFT matrix; the inverse multiplies by the
+windowed inverse DFT matrix and overlap-adds the frames (shifted pads and adds),
+divided by the overlap-added squared window.
 
 `STFT.forward` equals `torch.stft(x, n_fft, hop_length, window=torch.hann_window(n_fft), center=True,
 pad_mode="reflect", return_complex=True)` with real and imaginary parts as channels; `STFT.inverse`
@@ -69,7 +70,7 @@ class STFT(nn.Module):
         forward_basis = np.concatenate([np.cos(angles), -np.sin(angles)]) * window
         self.register_buffer("forward_basis", _as_float32(forward_basis.T), persistent=False)
 
-        # Inverse basis (2F, 1, n_fft): the inverse real DFT of a one-sided spectrum, times the synthesis
+        # Inverse basis (2F, n_fft): the inverse real DFT of a one-sided spectrum, times the synthesis
         # window. Bins other than DC and Nyquist stand for their mirror image too, hence weight 2; the
         # imaginary parts of DC and Nyquist are ignored, as irfft does.
         weights = np.full(self.num_bins, 2.0)
@@ -78,28 +79,38 @@ class STFT(nn.Module):
         inverse_basis[self.num_bins] = 0.0
         inverse_basis[-1] = 0.0
         inverse_basis = inverse_basis * window / n_fft
-        self.register_buffer("inverse_basis", _as_float32(inverse_basis[:, None, :]), persistent=False)
-        self.register_buffer("window_squared", _as_float32(window[None, None, :] ** 2), persistent=False)
+        self.register_buffer("inverse_basis", _as_float32(inverse_basis), persistent=False)
+        self.register_buffer("window_squared", _as_float32(window**2), persistent=False)
+
+    def frames(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N) -> (B, T, 2, F): the spectrum frame by frame (real, imaginary)."""
+        half = self.n_fft // 2
+        padded = F.pad(x[:, None, :], (half, half), mode="reflect")[:, 0]
+        spec = torch.matmul(frame_signal(padded, self.n_fft, self.hop_length), self.forward_basis)  # (B, T, 2F)
+        return spec.reshape(x.shape[0], -1, 2, self.num_bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N) -> (B, 2, T, F)."""
-        half = self.n_fft // 2
-        padded = F.pad(x[:, None, :], (half, half), mode="reflect")[:, 0]
-        frames = frame_signal(padded, self.n_fft, self.hop_length)  # (B, T, n_fft)
-        spec = torch.matmul(frames, self.forward_basis)  # (B, T, 2F)
-        spec = spec.reshape(x.shape[0], -1, 2, self.num_bins)
-        return spec.transpose(1, 2)
+        return self.frames(x).transpose(1, 2)
 
-    def inverse(self, spec: torch.Tensor, length: int | None = None) -> torch.Tensor:
-        """(B, 2, T, F) -> (B, length); length defaults to (T - 1) * hop_length."""
-        batch, _, num_frames, _ = spec.shape
+    def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_fft) -> (B, (T - 1 + r) * hop), r = ceil(n_fft / hop): frame t starts at t * hop."""
+        ratio = -(-self.n_fft // self.hop_length)
+        b, t, _ = frames.shape
+        frames = F.pad(frames, (0, ratio * self.hop_length - self.n_fft))
+        parts = frames.reshape(b, t, ratio, self.hop_length)
+        blocks = sum(F.pad(parts[:, :, j], (0, 0, j, ratio - 1 - j)) for j in range(ratio))  # (B, T + r - 1, hop)
+        return blocks.reshape(b, -1)
+
+    def inverse_frames(self, spec: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """(B, T, 2, F) -> (B, length); length defaults to (T - 1) * hop_length."""
+        batch, num_frames = spec.shape[:2]
         if length is None:
             length = (num_frames - 1) * self.hop_length
-        channels = spec.transpose(2, 3).reshape(batch, 2 * self.num_bins, num_frames)
-        overlapped = F.conv_transpose1d(channels, self.inverse_basis, stride=self.hop_length)
-        frame_ones = torch.ones_like(spec[:, :1, :, 0])  # (B, 1, T), follows T when exported
-        envelope = F.conv_transpose1d(frame_ones, self.window_squared, stride=self.hop_length)
-        signal = (overlapped / envelope.clamp(min=_MIN_ENVELOPE))[:, 0]
+        frames = torch.matmul(spec.reshape(batch, num_frames, 2 * self.num_bins), self.inverse_basis)
+        overlapped = self._overlap_add(frames)
+        envelope = self._overlap_add(self.window_squared.expand(1, num_frames, self.n_fft))
+        signal = overlapped / envelope.clamp(min=_MIN_ENVELOPE)
         # Drop the centring pad; past the last frame torch.istft pads with zeros, so does this.
         start = self.n_fft // 2
         available = signal.shape[-1] - start
@@ -107,6 +118,10 @@ class STFT(nn.Module):
         if not torch.jit.is_tracing() and length > available:
             signal = F.pad(signal, (0, length - available))
         return signal
+
+    def inverse(self, spec: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """(B, 2, T, F) -> (B, length); length defaults to (T - 1) * hop_length."""
+        return self.inverse_frames(spec.transpose(1, 2), length)
 
 
 def _as_float32(array: np.ndarray) -> torch.Tensor:

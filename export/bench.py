@@ -1,0 +1,167 @@
+"""`hybridsep bench`: speed and memory of the model presets, torch eager against ONNX Runtime, and whether
+streaming keeps up in real time.
+
+For each preset, in a child process of its own (so peak memory is that preset's): build the model (random
+weights, seed 0), export its bundle, then
+- time every graph on one window (batch 1) under torch eager and under ONNX Runtime, on the same inputs;
+- run the streaming engine with the bundle, fed in real time for a while, at each hop, and count what it had to
+  give up (longer hops, pass-through, underflows);
+- report the peak resident memory of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+GRAPH_ORDER = ("text_encoder", "audio_encoder", "aet", "asm")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", nargs="+", default=["small"], help="model presets to measure (small, paper)")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="device for both engines")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per graph (the median is reported)")
+    parser.add_argument("--hops", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="streaming hops to test (s)")
+    parser.add_argument("--stream-seconds", type=float, default=20.0, help="real-time streaming run per hop (s)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _stream_keep_up(separator, hop: float, seconds: float, block: int = 1024) -> dict:
+    """Feeds the threaded engine a noise signal at real-time pace; returns its counters."""
+    import numpy as np
+
+    from hybridsep_rt.engine import EngineConfig, Query, StreamingEngine
+
+    sr = separator.sample_rate
+    engine = StreamingEngine(separator, EngineConfig(hop_seconds=hop, lookahead_seconds=hop), threaded=True,
+                             query=Query(text="a piano playing a melody"))
+    rng = np.random.default_rng(0)
+    signal = (0.1 * rng.standard_normal((int(seconds * sr), 1))).astype(np.float32)
+    out = np.zeros((block, 1), dtype=np.float32)
+    worst_call = 0.0
+    with engine:
+        start = time.perf_counter()
+        for i in range(0, len(signal) - block, block):
+            due = start + (i + block) / sr
+            time.sleep(max(0.0, due - time.perf_counter()))
+            t = time.perf_counter()
+            engine.process_block(signal[i:i + block], out)
+            worst_call = max(worst_call, time.perf_counter() - t)
+        stats = engine.stats()
+    return {"hop_s": hop, "latency_s": engine.latency_seconds, "mean_compute_s": stats.mean_compute_seconds,
+            "degradations": stats.degradations, "underflows": stats.output_underflows, "windows": stats.windows,
+            "kept_up": stats.degradations == 0, "worst_callback_ms": 1000 * worst_call}
+
+
+def measure_preset(preset: str, device: str, threads: int, repeats: int, hops: list[float],
+                   stream_seconds: float) -> dict:
+    import resource
+    import tempfile
+
+    import torch
+
+    from export.bundle import export_bundle, graph_exports
+    from hybridsep_rt.bundle import Bundle
+    from hybridsep_rt.separator import OnnxSeparator
+    from hybridsep_rt.session import GraphRunner
+    from training.config import ClapSettings, get_config
+    from training.models.hybridsep import HybridSep
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = get_config(preset)
+    if cfg.clap.backend == "hf":  # no pretrained CLAP folder here: a compact encoder of the same width stands in
+        cfg = cfg.replace(clap=ClapSettings(backend="compact"))
+    model = HybridSep(cfg).eval()
+    torch_device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
+                                else "cpu")
+    result = {"preset": preset, "device": device, "threads": threads, "window_s": cfg.window_seconds,
+              "sample_rate": cfg.sample_rate, "graphs": {}, "streaming": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle_dir = export_bundle(model, Path(tmp) / "bundle", threads=threads, log=lambda m: None)
+        bundle = Bundle.load(bundle_dir)
+        exports = {g.name: g for g in graph_exports(model, None)}
+        for name in GRAPH_ORDER:
+            if name not in exports:
+                continue
+            graph = exports[name]
+            module = graph.module.to(torch_device)
+            inputs = tuple(x.to(torch_device) for x in graph.trace_inputs)
+
+            def run_torch():
+                with torch.inference_mode():
+                    module(*inputs)
+                if torch_device.type == "cuda":
+                    torch.cuda.synchronize()
+
+            runner = GraphRunner.open(bundle.graph_path(name), device=device, threads=threads)
+            feeds = {n: x.cpu().numpy() for n, x in zip(graph.input_names, graph.trace_inputs)}
+            t_torch = _median_time(run_torch, repeats)
+            t_ort = _median_time(lambda: runner.run(feeds), repeats)
+            result["graphs"][name] = {"torch_s": t_torch, "onnxruntime_s": t_ort, "torch_over_ort": t_torch / t_ort,
+                                      "provider": runner.provider}
+        graphs = result["graphs"]
+        result["window_compute_s"] = graphs["asm"]["onnxruntime_s"] + graphs.get("aet", {}).get("onnxruntime_s", 0.0)
+        separator = OnnxSeparator(bundle, device=device, threads=threads)
+        for hop in hops:
+            result["streaming"].append(_stream_keep_up(separator, hop, stream_seconds))
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _child(queue, *args) -> None:
+    try:
+        queue.put(measure_preset(*args))
+    except BaseException as e:  # the parent reports it
+        queue.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def print_report(result: dict) -> None:
+    print(f"\npreset {result['preset']!r}: one {result['window_s']:g} s window at {result['sample_rate']} Hz, "
+          f"device {result['device']}, {result['threads']} threads, peak memory {result['peak_rss_mb']:.0f} MB")
+    print(f"  {'graph':14s} {'torch eager':>12s} {'onnxruntime':>12s} {'torch/ort':>10s}  provider")
+    for name, g in result["graphs"].items():
+        print(f"  {name:14s} {g['torch_s']:11.3f}s {g['onnxruntime_s']:11.3f}s {g['torch_over_ort']:9.2f}x  "
+              f"{g['provider']}")
+    print(f"  per-window compute (aet + asm, onnxruntime): {result['window_compute_s']:.3f} s")
+    print(f"  {'hop':>6s} {'latency':>8s} {'compute/window':>15s} {'degradations':>13s} {'underflows':>11s}  real time")
+    for s in result["streaming"]:
+        print(f"  {s['hop_s']:5.2f}s {s['latency_s']:7.2f}s {s['mean_compute_s']:14.3f}s {s['degradations']:13d} "
+              f"{s['underflows']:11d}  {'kept up' if s['kept_up'] else 'fell behind'}")
+
+
+def run(args) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    results = []
+    for preset in args.preset:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_child, args=(queue, preset, args.device, args.threads, args.repeats,
+                                                list(args.hops), args.stream_seconds))
+        proc.start()
+        result = queue.get()
+        proc.join()
+        if "error" in result:
+            print(f"hybridsep bench: {preset}: {result['error']}", file=sys.stderr)
+            return 1
+        print_report(result)
+        results.append(result)
+    if args.json:
+        from hybridsep_rt.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(results, indent=2))
+    return 0
