@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+SIGNAL_CHECK_MS = 200  # how often Python gets to handle Ctrl-C while the Qt event loop runs
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, default=None,
@@ -58,4 +60,18 @@ def run(args) -> int:
     if not window.settings.geometry:
         window.resize(*size)
     window.show()
+    _close_on_signals(window)
     return app.exec()
+
+
+def _close_on_signals(window) -> None:
+    """Ctrl-C or SIGTERM in the terminal close the window as its close button does (settings are saved). Qt's
+    event loop does not run Python code by itself, so a timer gives Python's signal handlers a chance."""
+    import signal
+
+    from PyQt6.QtCore import QTimer
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: window.close())
+    window.signal_timer = QTimer(window, interval=SIGNAL_CHECK_MS, timeout=lambda: None)
+    window.signal_timer.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PyQt6.QtCore import Qt, QTimer
+from PyQt6.QtCore import QTimer
 from PyQt6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -303,6 +303,7 @@ class MainWindow(QMainWindow):
         self.devices.rate.setText(f"{device_rate} Hz" if device_rate else "–")
         self.devices.rate.setToolTip(f"devices at {device_rate} Hz, model at {rate} Hz" if device_rate else "")
         if state in ("waiting", "error"):
+            self.player.stop()  # its device may be the lost one, and reopening re-initialises PortAudio
             self.show_error(message, "warning" if state == "waiting" else "error", "stream")
             return
         self.clear_error("stream")
@@ -655,10 +656,12 @@ class MainWindow(QMainWindow):
         """Play a stem of the separated file (or the original) through the output device."""
         if self.file_result is None:
             return
-        self.file.result_spectrogram.set_sample_rate(self.file_result.rate)
-        self.file.result_spectrogram.erase()
-        self.file.result_spectrogram.set_title(f"Playing: {STEM_TITLES[which]}")
         self.player.play(self.file_result.stem(which), self.file_result.rate, self.live.output_device())
+        if self.player.playing:
+            view = self.file.result_spectrogram
+            view.set_sample_rate(self.player.rate)
+            view.erase()
+            view.set_title(f"Playing: {STEM_TITLES[which]}")
         self._update_file_buttons()
 
     def _export_clicked(self) -> None:

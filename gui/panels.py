@@ -68,7 +68,8 @@ class DevicePanel(QGroupBox):
         self.channels.setToolTip("Channels of the stream; each channel is separated on its own (mono halves "
                                  "the compute)")
         self.refresh = QPushButton("Refresh")
-        self.refresh.setToolTip("List the audio devices again (the list also refreshes by itself)")
+        self.refresh.setToolTip("Scan the audio hardware again, for a device plugged in since the start (the "
+                                "stream restarts); PulseAudio / PipeWire devices appear by themselves")
         self.rate = value_label()
         self.state = value_label("stopped")
         grid = compact(QGridLayout(self))

@@ -38,16 +38,12 @@ class FilePlayer(QObject):
         self._audio = np.zeros((0, 1), dtype=np.float32)  # (frames, channels), the callback's layout
         self._position = 0  # written by the callback only
         self._taken = 0  # read position of take_played (GUI thread)
+        self.rate = 0  # the playing stream's sample rate
         self._timer = QTimer(self, interval=FINISH_CHECK_MS, timeout=self._check_finished)
 
     @property
     def playing(self) -> bool:
         return self._stream is not None
-
-    @property
-    def seconds(self) -> float:
-        """Position in seconds of the audio being played."""
-        return self._position / self._rate if self._stream is not None else 0.0
 
     def play(self, audio: np.ndarray, rate: int, device: AudioDevice | None) -> None:
         """Play ``audio`` (channels, samples) at ``rate`` on ``device`` (None: the system default)."""
@@ -64,7 +60,7 @@ class FilePlayer(QObject):
             channels = audio.shape[0] if device.is_pulse else min(audio.shape[0], device.channels)
             self._audio = np.ascontiguousarray(audio[:channels].T, dtype=np.float32)
             self._position = self._taken = 0
-            self._rate = stream_rate
+            self.rate = stream_rate
             os.environ.update(pulse_environment(None, device))
             stream = sd.OutputStream(device=device.index, samplerate=stream_rate, channels=channels,
                                      dtype="float32", latency=PLAYER_LATENCY_SECONDS, callback=self._callback)

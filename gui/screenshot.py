@@ -23,13 +23,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-q", "--query", default="a dog barking")
     parser.add_argument("--history", nargs="*", default=["rain on a tin roof", "a man speaking", "an acoustic guitar"],
                         help="earlier queries to show in the history list")
+    parser.add_argument("--channels", type=int, choices=(1, 2), default=2)
+    parser.add_argument("--hop", type=float, default=1.0, help="hop in seconds")
+    parser.add_argument("--lookahead", type=float, default=1.0, help="lookahead in seconds")
     parser.add_argument("--seconds", type=float, default=12.0, help="how long to stream before the screenshot")
     parser.add_argument("--size", default="1280x800")
     parser.add_argument("--tab", choices=("live", "file"), default="live")
     parser.add_argument("-o", "--out", type=Path, default=Path("docs/screenshot.png"))
     args = parser.parse_args(argv)
 
-    from PyQt6.QtCore import QEventLoop, QTimer
+    from PyQt6.QtCore import QTimer
 
     from gui.app import create_app, parse_size
     from gui.main_window import MainWindow
@@ -37,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app()
     settings_path = Path(tempfile.mkdtemp(prefix="hybridsep-gui-")) / "settings.ini"
-    settings = GuiSettings(input_device=args.input, output_device=args.output, query=args.query)
+    settings = GuiSettings(input_device=args.input, output_device=args.output, query=args.query,
+                           channels=args.channels, hop_seconds=args.hop, lookahead_seconds=args.lookahead)
     for query in reversed([*args.history, args.query]):
         settings.remember(query)
     save_settings(open_store(settings_path), settings)
@@ -45,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     window.resize(*parse_size(args.size))
     window.show()
     window.tabs.setCurrentIndex(0 if args.tab == "live" else 1)
-    loop = QEventLoop()
-    QTimer.singleShot(int(args.seconds * 1000), loop.quit)
-    loop.exec()
+    QTimer.singleShot(int(args.seconds * 1000), app.quit)
+    app.exec()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     saved = window.grab().save(str(args.out))
     print(f"{window.live.state}: {window.live.message}; window {window.width()}x{window.height()}; "

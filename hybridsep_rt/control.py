@@ -25,12 +25,13 @@ import json
 import math
 import socketserver
 import threading
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from hybridsep_rt.engine import Query, StreamingEngine
 from hybridsep_rt.overlap import MODES
 
-__all__ = ["HELP", "LOCALHOST", "Controller", "ControlServer", "read_commands"]
+__all__ = ["HELP", "LOCALHOST", "ControlServer", "Controller", "read_commands"]
 
 LOCALHOST = "127.0.0.1"
 MAX_LINE_BYTES = 4096  # longer lines are refused (a query is a sentence)

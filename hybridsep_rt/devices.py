@@ -43,18 +43,18 @@ __all__ = [
     "OUTPUT",
     "PULSE_PREFIX",
     "STANDARD_SAMPLE_RATES",
-    "DeviceError",
     "AudioDevice",
+    "DeviceError",
     "PulseDevice",
+    "device_present",
+    "find_device",
+    "format_devices",
+    "list_devices",
+    "portaudio_devices",
     "pulse_available",
     "pulse_devices",
-    "portaudio_devices",
-    "list_devices",
-    "find_device",
     "pulse_environment",
-    "device_present",
     "reinitialise_portaudio",
-    "format_devices",
 ]
 
 INPUT = "input"
@@ -133,7 +133,7 @@ def _pactl(*args: str) -> str | None:
     if pactl is None:
         return None
     try:
-        result = subprocess.run([pactl, *args], capture_output=True, text=True, timeout=PACTL_TIMEOUT_SECONDS,
+        result = subprocess.run([pactl, *args], capture_output=True, text=True, check=False, timeout=PACTL_TIMEOUT_SECONDS,
                                 env={**os.environ, "LC_ALL": "C"})
     except (OSError, subprocess.SubprocessError):
         return None

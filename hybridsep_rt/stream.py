@@ -13,8 +13,8 @@ How it runs
   most 2). The input callback only copies into a ring buffer (:class:`AudioHost` explains why there are two
   streams).
 * The output callback only calls ``StreamingEngine.process_block`` and copies the blocks into the
-  preallocated ring buffers of the recorders (``--record`` the output, ``--record-input`` the input the
-  engine got); a thread per recorder writes the file, which is renamed into place when the stream stops.
+  preallocated ring buffers of the recorders (``--record`` the output, ``--record-input`` the input going
+  into the engine); a thread per recorder writes the file, which is renamed into place when the stream stops.
 * The query changes while it runs: command lines on stdin and, with ``--control-port``, on a TCP socket bound
   to 127.0.0.1 (``hybridsep_rt.control``: ``q TEXT``, ``mode remove``, ``wet 0.5``, ``bypass on``,
   ``stats``, ``quit``). Replies to stdin commands go to stdout.
@@ -27,7 +27,8 @@ Latency
 -------
 ``latency = hop + lookahead + compute budget`` (the engine's, see ``hybridsep_rt.engine``) plus the input
 and output latency PortAudio reports for the streams (``--latency`` asks for it), the bridge between them
-(``BRIDGE_PREFILL_BLOCKS`` blocks) and, with a :class:`RateAdapter`, its resamplers' delay and buffer. It is printed at start and in every status line.
+(about the input latency again, see :class:`AudioHost`) and, with a :class:`RateAdapter`, its resamplers'
+delay and queue. It is printed at start and in every status line.
 
 Devices that disappear
 ----------------------
@@ -288,14 +289,12 @@ class DeviceCounters:
     input_underflows: int = 0
     output_overflows: int = 0
     output_underflows: int = 0
-    priming_blocks: int = 0
 
     def add(self, status) -> None:
         self.input_overflows += bool(status.input_overflow)
         self.input_underflows += bool(status.input_underflow)
         self.output_overflows += bool(status.output_overflow)
         self.output_underflows += bool(status.output_underflow)
-        self.priming_blocks += bool(status.priming_output)
 
     @property
     def xruns(self) -> int:
@@ -387,11 +386,6 @@ class AudioHost:
         self._last_pulse_check = 0.0
 
     @property
-    def stream(self):
-        """The output stream while open (None when closed)."""
-        return self.streams[-1] if self.streams else None
-
-    @property
     def bridge_underflow_frames(self) -> int:
         return self._bridge_underflow_base + self._bridge.underflow_frames
 
@@ -454,8 +448,8 @@ class AudioHost:
         self._finished.clear()
         self._closing = False
         self._bridge_started = False
-        settings = dict(samplerate=rate, channels=self.channels, dtype="float32", blocksize=self.block_frames,
-                        latency=self.latency, finished_callback=self._on_finished)
+        settings = {"samplerate": rate, "channels": self.channels, "dtype": "float32",
+                    "blocksize": self.block_frames, "latency": self.latency, "finished_callback": self._on_finished}
         try:
             self.streams.append(sd.InputStream(device=self.input_device.index, callback=self._input_callback,
                                                **settings))

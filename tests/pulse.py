@@ -51,7 +51,7 @@ class PulseServer:
         self.folder = folder
 
     def pactl(self, *args: str) -> str:
-        result = subprocess.run(["pactl", *args], capture_output=True, text=True, timeout=10,
+        result = subprocess.run(["pactl", *args], capture_output=True, text=True, timeout=10, check=False,
                                 env={**os.environ, "LC_ALL": "C"})
         if result.returncode != 0:
             raise RuntimeError(f"pactl {' '.join(args)} failed: {result.stderr.strip()}")
@@ -103,7 +103,7 @@ def _answers() -> bool:
     if shutil.which("pactl") is None:
         return False
     try:
-        return subprocess.run(["pactl", "info"], capture_output=True, timeout=5).returncode == 0
+        return subprocess.run(["pactl", "info"], capture_output=True, timeout=5, check=False).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 

@@ -3,7 +3,8 @@
 Devices are null sinks of a private PulseAudio server (tests/pulse.py): a tone is played into sink "mic", the
 window streams from ``mic.monitor`` to sink "out". The model is a `small` HybridSep with random weights
 exported to a bundle with a 2 s window at 16 kHz (a model call takes well under the hop on a busy 2-core
-machine). One streaming window serves the live tests, in order; the settings and error tests build their own.
+machine; the ``small_bundle`` fixture of conftest.py exports it once per test run). One streaming window serves
+the live tests, in order; the settings and error tests build their own windows.
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
-import torch  # noqa: E402
 
-from export.bundle import export_bundle, synthetic_audio  # noqa: E402
+from export.bundle import synthetic_audio  # noqa: E402
 from tests.pulse import pulse_server  # noqa: E402
-from training.config import get_config  # noqa: E402
-from training.models.hybridsep import HybridSep  # noqa: E402
 
 pytest.importorskip("PyQt6.QtWidgets", reason="the GUI needs PyQt6 (pip install 'hybridsep-rt[gui]')")
 pytest.importorskip("pyqtgraph")
@@ -49,10 +47,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    torch.manual_seed(0)
-    model = HybridSep(get_config("small", window_seconds=WINDOW_SECONDS, sample_rate=RATE)).eval()
-    return export_bundle(model, tmp_path_factory.mktemp("gui") / "bundle", threads=2, log=lambda _: None)
+def bundle(small_bundle):
+    return small_bundle(window_seconds=WINDOW_SECONDS, sample_rate=RATE)
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
-from export.bundle import export_bundle, snr_db, synthetic_audio
+from export.bundle import snr_db, synthetic_audio
 from hybridsep_rt.audio import AudioError, read_audio, resample, to_model_rate, write_audio
 from hybridsep_rt.bundle import MANIFEST_FILE, Bundle, BundleError, sha256_file
 from hybridsep_rt.engine import Query, Separator
 from hybridsep_rt.separator import OnnxSeparator
 from hybridsep_rt.session import CPU_PROVIDER, GraphRunner, create_session
-from training.config import get_config
-from training.models.hybridsep import HybridSep
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,10 +33,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = HybridSep(get_config("small", window_seconds=1.0)).eval()
-    return export_bundle(model, tmp_path_factory.mktemp("runtime") / "bundle", threads=2, log=lambda line: None)
+def bundle_dir(small_bundle):
+    return small_bundle(window_seconds=1.0)
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
-from export.bundle import export_bundle, synthetic_audio
+from export.bundle import synthetic_audio
 from hybridsep_rt import separate as separate_command
 from hybridsep_rt.audio import read_audio
 from hybridsep_rt.cli import main as hybridsep
 from hybridsep_rt.separate import slug, stem_names, window_count
-from training.config import get_config
-from training.models.hybridsep import HybridSep
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
@@ -23,10 +20,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = HybridSep(get_config("small", window_seconds=1.0)).eval()
-    return export_bundle(model, tmp_path_factory.mktemp("cli") / "bundle", threads=2, log=lambda line: None)
+def bundle_dir(small_bundle):
+    return small_bundle(window_seconds=1.0)
 
 
 def stereo_file(path, seconds: float, rate: int, subtype: str = "PCM_24"):

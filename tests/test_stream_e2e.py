@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -27,17 +28,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
-from export.bundle import export_bundle, synthetic_audio
-from hybridsep_rt.control import HELP, ControlServer, Controller
+from export.bundle import synthetic_audio
+from hybridsep_rt.control import HELP, Controller, ControlServer
 from hybridsep_rt.engine import EngineConfig, Query, StreamingEngine
 from hybridsep_rt.overlap import separate_offline
 from hybridsep_rt.separator import OnnxSeparator
 from hybridsep_rt.stream import RateAdapter, Recorder
 from tests.pulse import pulse_server, stop_recording
-from training.config import get_config
-from training.models.hybridsep import HybridSep
 
 RATE = 16000
 WINDOW_SECONDS = 2.0
@@ -63,10 +61,8 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    torch.manual_seed(0)
-    model = HybridSep(get_config("small", window_seconds=WINDOW_SECONDS, sample_rate=RATE)).eval()
-    return export_bundle(model, tmp_path_factory.mktemp("stream") / "bundle", threads=2, log=lambda _: None)
+def bundle(small_bundle):
+    return small_bundle(window_seconds=WINDOW_SECONDS, sample_rate=RATE)
 
 
 def unique(name: str) -> str:
@@ -254,8 +250,9 @@ def test_lost_output_device_is_reported_and_reconnected(server, bundle, tmp_path
         recording = server.record(sink.monitor, tmp_path / "after.raw", RATE)
         time.sleep(latency + 1.5)
         after = stop_recording(recording, tmp_path / "after.raw")[:, 0]
-        stream.command("quit")
+        stream.process.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
         assert stream.finish() == 0, stream.stderr()
+        assert "stopping (Ctrl-C)" in stream.stderr()
     finally:
         player.kill()
         server.remove(source)

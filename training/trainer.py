@@ -224,8 +224,8 @@ def _log(writer, scalars: dict, step: int, prefix: str) -> None:
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path | None:
-    """Runs (or resumes) one stage; returns the folder of the trained model (`out/model`), or None when a signal
-    stopped it early (the checkpoint is written: the same command resumes)."""
+    """Runs (or resumes) one stage; returns the folder of the trained model (`out/model`, rewritten at every
+    checkpoint), or None when a signal stopped it early (the checkpoint is written: the same command resumes)."""
     from tqdm import tqdm
 
     from training.stages import build_stage
@@ -269,14 +269,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path | None:
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signal is not None:
             if env.is_main:
                 save_checkpoint(out / CHECKPOINT_FILE, step, stage, cfg)
+                stage.save_model(out / MODEL_FOLDER)  # the model as of this checkpoint, ready to export
             if stop.signal is not None:
                 bar.write(f"stopped by signal {stop.signal} at step {step}; checkpoint written, rerun to resume",
                           file=sys.stderr)
                 break
     bar.close()
     finished = step == cfg.steps
-    if env.is_main and finished:
-        stage.save_model(out / MODEL_FOLDER)
     if writer is not None:
         writer.close()
     if dist.is_initialized():
