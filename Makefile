@@ -5,8 +5,8 @@ VPY := $(VENV)/bin/python
 # torch 2.13.0 is the CPU build on this project's machines; any torch >= 2.4 works (pyproject.toml).
 TORCH ?= torch==2.13.0
 APT_PACKAGES := libsndfile1 libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils \
-	espeak-ng fluidsynth timgm6mb-soundfont xvfb \
-	libegl1 libgl1 libxkbcommon0 libfontconfig1 libdbus-1-3
+	espeak-ng fluidsynth timgm6mb-soundfont xvfb xauth \
+	libegl1 libgl1 libxkbcommon0 libxcb-cursor0 libfontconfig1 libdbus-1-3
 
 .PHONY: setup apt test demo params clean
 

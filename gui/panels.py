@@ -58,7 +58,8 @@ class DevicePanel(QGroupBox):
         super().__init__("Audio devices", parent)
         self.input = QComboBox()
         self.output = QComboBox()
-        for combo in (self.input, self.output):
+        for combo, kind in ((self.input, "input"), (self.output, "output")):
+            combo.setPlaceholderText(f"no {kind} devices found")
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(28)
             combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out", type=Path, default=Path("docs/screenshot.png"))
     args = parser.parse_args(argv)
 
-    from PyQt6.QtCore import QTimer
+    from PyQt6.QtCore import QEventLoop, QTimer
 
     from gui.app import create_app, parse_size
     from gui.main_window import MainWindow
@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     window.resize(*parse_size(args.size))
     window.show()
     window.tabs.setCurrentIndex(0 if args.tab == "live" else 1)
-    QTimer.singleShot(int(args.seconds * 1000), app.quit)
-    app.exec()
+    loop = QEventLoop(app)  # not app.exec(): quitting the application would close the window first
+    QTimer.singleShot(int(args.seconds * 1000), loop.quit)
+    loop.exec()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     saved = window.grab().save(str(args.out))
     print(f"{window.live.state}: {window.live.message}; window {window.width()}x{window.height()}; "

@@ -153,17 +153,18 @@ def test_sigkill_and_resume_reaches_the_same_parameters(manifest, tmp_path):
             assert torch.equal(tensor, b["modules"][module][name]), f"{module}.{name} differs after resume"
 
 
-def test_sigterm_checkpoints_and_stops(manifest, tmp_path):
+def test_sigterm_to_the_process_group_checkpoints_and_stops(manifest, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = train_command(manifest, tmp_path / "term", 50)
     cmd[cmd.index("--set=checkpoint_every=1")] = "--set=checkpoint_every=1000"
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    cmd[cmd.index("--set=workers=0")] = "--set=workers=1"
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
     tb = tmp_path / "term" / "tensorboard"
     deadline = time.time() + 300
     while time.time() < deadline and not any(tb.glob("*")):
         time.sleep(0.1)
     time.sleep(3)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole process group, data loader workers too, as schedulers do
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0
     assert "checkpoint written" in err

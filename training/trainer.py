@@ -217,6 +217,13 @@ class StopRequest:
         self.signal = signum
 
 
+def _ignore_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT / SIGTERM to the main process, which checkpoints and then stops them
+    (Ctrl-C and schedulers signal the whole process group)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _log(writer, scalars: dict, step: int, prefix: str) -> None:
     if writer is not None:
         for k, v in scalars.items():
@@ -249,7 +256,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path | None:
         writer = SummaryWriter(str(out / "tensorboard"))
     loader = torch.utils.data.DataLoader(
         stage.train_set, batch_sampler=StepBatches(step, cfg.steps, cfg.batch_size, env),
-        num_workers=cfg.workers, collate_fn=stage.collate, persistent_workers=False)
+        num_workers=cfg.workers, collate_fn=stage.collate, worker_init_fn=_ignore_signals)
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.stage, disable=not (progress and env.is_main), unit="step")
     started, first_step = time.perf_counter(), step
     for batch in loader:
