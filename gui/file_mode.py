@@ -78,27 +78,6 @@ def export_stems(result: FileSeparation, folder: str | Path) -> list[Path]:
     return paths
 
 
-class _ProgressSeparator:
-    """Forwards to a separator, reports every window and stops when cancelled."""
-
-    def __init__(self, separator, job: "SeparationJob"):
-        self.separator = separator
-        self.job = job
-        self.sample_rate = separator.sample_rate
-        self.window_samples = separator.window_samples
-
-    def prepare(self, query):
-        return self.separator.prepare(query)
-
-    def separate(self, window, condition):
-        if self.job.isInterruptionRequested():
-            raise Cancelled()
-        separated = self.separator.separate(window, condition)
-        self.job.windows_done += 1
-        self.job.progress.emit(self.job.windows_done, self.job.windows_total)
-        return separated
-
-
 class SeparationJob(QThread):
     """Separates ``path`` with ``query`` on ``separator`` in its own thread.
 
@@ -129,6 +108,12 @@ class SeparationJob(QThread):
         except Exception as e:  # reported in the window; the app keeps running
             self.failed.emit(f"cannot separate {self.path.name}: {e}")
 
+    def _window_done(self) -> None:
+        if self.isInterruptionRequested():
+            raise Cancelled()
+        self.windows_done += 1
+        self.progress.emit(self.windows_done, self.windows_total)
+
     def _separate(self) -> FileSeparation:
         mixture, rate = read_audio(self.path)
         model_rate = self.separator.sample_rate
@@ -137,8 +122,8 @@ class SeparationJob(QThread):
         model_mixture = to_model_rate(mixture, rate, model_rate)
         self.windows_total = window_count(model_mixture.shape[1], window, hop)
         self.progress.emit(0, self.windows_total)
-        progress = _ProgressSeparator(self.separator, self)
-        condition = progress.prepare(self.query.with_mode("extract"))
-        target = separate_offline(model_mixture, progress, condition, "extract", hop_samples=hop)
+        condition = self.separator.prepare(self.query.with_mode("extract"))
+        target = separate_offline(model_mixture, self.separator, condition, "extract", hop_samples=hop,
+                                  on_window=self._window_done)
         target = resample(target, model_rate, rate, length=mixture.shape[1])
         return FileSeparation(self.path, rate, file_subtype(self.path), self.label, mixture, target)

@@ -38,7 +38,7 @@ with the same arithmetic, so the two produce the same output.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, TYPE_CHECKING
 
 import numpy as np
 
@@ -177,6 +177,7 @@ def separate_offline(
     *,
     hop_samples: int,
     lookahead_samples: int | None = None,
+    on_window: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """Separate a whole signal of any length by weighted overlap-add of windows.
 
@@ -189,6 +190,7 @@ def separate_offline(
         lookahead_samples: ``L``; windows contribute to a sample only if they
             end at most ``H + L`` samples after it (the streaming rule, see the
             module docstring). None uses every window covering the sample.
+        on_window: called after each window (progress reports; it may raise to cancel).
 
     Returns:
         (channels, N) float32. Fed the same signal with the same hop and
@@ -212,6 +214,8 @@ def separate_offline(
     while emitted < total:
         _fill_window(window, mixture, window_end)
         separated = np.asarray(separator.separate(window, condition), dtype=np.float32)
+        if on_window is not None:
+            on_window()
         accumulator.add(separated, window_end, max(window_end - reach, emitted))
         until = min(total, window_end + hop - reach)
         if until > emitted:

@@ -80,24 +80,6 @@ def window_count(total: int, window: int, hop: int) -> int:
     return max(1, math.ceil((total + window - hop) / hop))
 
 
-class ProgressSeparator:
-    """A separator that advances a progress bar once per window."""
-
-    def __init__(self, separator, bar):
-        self.separator = separator
-        self.bar = bar
-        self.sample_rate = separator.sample_rate
-        self.window_samples = separator.window_samples
-
-    def prepare(self, query):
-        return self.separator.prepare(query)
-
-    def separate(self, window, condition):
-        separated = self.separator.separate(window, condition)
-        self.bar.update(1)
-        return separated
-
-
 def _labels(args) -> list[str]:
     """What each stem is named after: the query texts, then "example <clip name>" per example clip."""
     for text in args.query:
@@ -160,9 +142,9 @@ def separate_file(args) -> list[Path]:
     subtype = file_subtype(args.input)
     windows = window_count(model_mixture.shape[1], window, hop)
     with tqdm(total=windows * len(queries), unit="window", file=sys.stderr) as bar:
-        progress = ProgressSeparator(separator, bar)
         for query, condition, path in zip(queries, conditions, paths):
-            stem = separate_offline(model_mixture, progress, condition, query.mode, hop_samples=hop)
+            stem = separate_offline(model_mixture, separator, condition, query.mode, hop_samples=hop,
+                                    on_window=lambda: bar.update(1))
             stem = resample(stem, separator.sample_rate, rate, length=mixture.shape[1])
             write_audio(path, stem, rate, writable_subtype(path, subtype))
             bar.write(f"wrote {path}")

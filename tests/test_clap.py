@@ -34,12 +34,6 @@ CLAP_RATE = 48000  # LAION-CLAP's feature extractor rate
 
 # Tracing warns about Python-level shape logic (fixed at export time by design) and the legacy exporter
 # announces its deprecation; dynamo=False is what the project exports with.
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
-    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
-]
-
-
 def realistic_signal(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
     """A decaying harmonic tone, a rising chirp, a noise burst and a low noise floor (float32, mono)."""
     rng = np.random.default_rng(seed)

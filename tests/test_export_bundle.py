@@ -23,12 +23,6 @@ from training.models.hybridsep import HybridSep
 
 WINDOW_SECONDS = 1.0
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
-    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
-]
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -37,12 +37,6 @@ TONE_SECONDS = 120.0
 START_TIMEOUT_MS = 60_000  # python threads, onnxruntime sessions and PulseAudio on a busy machine
 TIMEOUT_MS = 20_000
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
-    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
-]
-
-
 # ---------------------------------------------------------------------------------------------- fixtures
 
 

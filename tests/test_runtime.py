@@ -26,12 +26,6 @@ from hybridsep_rt.session import CPU_PROVIDER, GraphRunner, create_session
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
-    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
-]
-
-
 @pytest.fixture(scope="module")
 def bundle_dir(small_bundle):
     return small_bundle(window_seconds=1.0)

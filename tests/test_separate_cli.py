@@ -13,12 +13,6 @@ from hybridsep_rt.audio import read_audio
 from hybridsep_rt.cli import main as hybridsep
 from hybridsep_rt.separate import slug, stem_names, window_count
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
-    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
-]
-
-
 @pytest.fixture(scope="module")
 def bundle_dir(small_bundle):
     return small_bundle(window_seconds=1.0)

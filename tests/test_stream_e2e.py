@@ -49,12 +49,6 @@ START_TIMEOUT_SECONDS = 90.0  # python, onnxruntime and the bundle on a busy mac
 STREAM_ARGS = ["--threads", "1", "--device", "cpu", "--channels", "1", "--block", "512", "--latency", "0.5",
                "--status-interval", "0.5"]
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
-    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
-]
-
-
 @pytest.fixture(scope="module")
 def server():
     return pulse_server()

@@ -52,7 +52,9 @@ class AudioEmbeddingTransformer(nn.Module):
     """AET: forward(text_emb (B, E), mixture_emb (B, E), frames (B, T, fe_dim)) -> target emb (B, E), unit norm.
 
     The sequence is [output token, text token, mixture-audio token, FE frames]; each kind gets a learned type
-    embedding; the output token's final state is projected to the embedding space.
+    embedding; the output token's final state is projected to the embedding space and added to the text
+    embedding (the projection starts near zero, so training starts from the one-stage condition and moves the
+    embedding toward the target audio's).
     """
 
     def __init__(self, cfg: AETConfig, embedding_dim: int, fe_dim: int):
@@ -64,6 +66,8 @@ class AudioEmbeddingTransformer(nn.Module):
         self.type_embedding = nn.Parameter(torch.randn(4, cfg.dim) * 0.02)  # output, text, audio, frames
         self.layers = Transformer(cfg.dim, cfg.heads, cfg.ffn_mult, cfg.layers)
         self.head = nn.Linear(cfg.dim, embedding_dim)
+        nn.init.normal_(self.head.weight, std=1e-3)  # starts near the text embedding (the one-stage condition)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, text_emb: torch.Tensor, mixture_emb: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         b = text_emb.shape[0]
@@ -74,5 +78,4 @@ class AudioEmbeddingTransformer(nn.Module):
             (self.audio_in(mixture_emb) + t[2])[:, None],
             self.frames_in(frames) + t[3],
         ), dim=1)
-        out = self.head(self.layers(seq)[:, 0])
-        return nn.functional.normalize(out, dim=-1)
+        return nn.functional.normalize(text_emb + self.head(self.layers(seq)[:, 0]), dim=-1)

@@ -416,7 +416,9 @@ class MiniLMTextTower(nn.Module):
     def __init__(self):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # a local folder: no download to show
         folder = minilm_folder()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).float().eval().requires_grad_(False)
