@@ -150,3 +150,31 @@ def test_from_pretrained_errors(tmp_path, small_model):
     (tmp_path / "m" / "model.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot be read"):
         HybridSep.from_pretrained(tmp_path / "m")
+
+
+def test_pretrained_beats_checkpoint_is_loaded_into_the_model(tmp_path):
+    """An official-format BEATs checkpoint named by `beats_checkpoint` supplies the ASM's frozen encoder; the
+    saved model keeps its weights and no longer needs the file."""
+    from training.models.beats import BEATs
+
+    cfg = get_config("small")
+    beats = BEATs(cfg.beats)
+    with torch.no_grad():
+        for p in beats.parameters():
+            p.add_(0.01)
+    beats.save_checkpoint(tmp_path / "beats.pt")
+    model = HybridSep(get_config("small", beats_checkpoint=str(tmp_path / "beats.pt")))
+    for name, value in beats.state_dict().items():
+        assert torch.equal(model.asm.beats.state_dict()[name], value), name
+    assert model.cfg.beats_checkpoint is None
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "beats.pt").unlink()
+    loaded = HybridSep.from_pretrained(tmp_path / "m")
+    assert torch.equal(loaded.asm.beats.patch_embedding.weight, beats.patch_embedding.weight)
+
+
+def test_nested_overrides():
+    cfg = get_config("paper", clap={"path": "/models/laion-clap"}, sample_rate=16000)
+    assert cfg.clap.backend == "hf" and cfg.clap.path == "/models/laion-clap" and cfg.sample_rate == 16000
+    with pytest.raises(ValueError, match="unknown model settings"):
+        get_config("small", colour="red")

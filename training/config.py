@@ -125,6 +125,7 @@ class HybridSepConfig:
     beats: BEATsConfig = field(default_factory=BEATsConfig.iter3)  # paper 2.2: the 90M BEATs encoder [14]
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     clap: ClapSettings = field(default_factory=ClapSettings)
+    beats_checkpoint: str | None = None  # an official BEATs checkpoint file to load (its cfg replaces `beats`)
     one_stage: bool = False  # ablation "1 stage" (3.2): the text embedding goes straight to the ASM
     no_ssl: bool = False  # ablation "w/o SSL": no BEATs features
     no_cd: bool = False  # ablation "w/o CD": no conditional denoiser, no consistency loss
@@ -213,7 +214,15 @@ PRESETS = {"paper": paper_config, "small": small_config}
 
 
 def get_config(preset: str, **overrides) -> HybridSepConfig:
-    """A preset by name, with top-level fields replaced (e.g. sample_rate=16000, one_stage=True)."""
+    """A preset by name, with top-level fields replaced (e.g. sample_rate=16000, one_stage=True); nested parts
+    may be given as dicts (clap={"backend": "hf", "path": "/models/clap"})."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[preset]().replace(**overrides)
+    base = PRESETS[preset]()
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(HybridSepConfig)})
+    if unknown:
+        raise ValueError(f"unknown model settings {unknown}")
+    data = base.to_dict()
+    for key, value in overrides.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data[key], dict) else value
+    return HybridSepConfig.from_dict(data)

@@ -151,7 +151,8 @@ class AudioSeparationModel(nn.Module):
     N must be a multiple of the subband count.
     """
 
-    def __init__(self, cfg: HybridSepConfig):
+    def __init__(self, cfg: HybridSepConfig, beats: BEATs | None = None):
+        """`beats`: a loaded (pretrained) BEATs encoder; by default a new one is built from `cfg.beats`."""
         super().__init__()
         a = cfg.asm
         self.cfg = cfg
@@ -161,7 +162,7 @@ class AudioSeparationModel(nn.Module):
         self.beats = None
         if not cfg.no_ssl:
             self.resample = Resample(cfg.sample_rate, BEATS_SAMPLE_RATE)
-            self.beats = BEATs(cfg.beats)
+            self.beats = beats if beats is not None else BEATs(cfg.beats)
             self.beats_to_bins = FrameToBins(cfg.beats.encoder_embed_dim, a.side_channels, bins)
             in_channels += a.side_channels
         self.stack = TRCNNStack(a, in_channels, cfg.embedding_dim)

@@ -18,6 +18,7 @@ from hybridsep_rt.atomic import atomic_path
 from training.config import HybridSepConfig
 from training.models.aet import AudioEmbeddingTransformer, FeatureExtractor
 from training.models.asm import AudioSeparationModel
+from training.models.beats import BEATs
 from training.models.clap import AudioTextEncoder, build_audio_text_encoder, load_audio_text_encoder
 from training.models.denoiser import ConditionalDenoiser
 
@@ -35,6 +36,12 @@ def freeze(module: nn.Module) -> None:
 class HybridSep(nn.Module):
     def __init__(self, cfg: HybridSepConfig, clap: AudioTextEncoder | None = None):
         super().__init__()
+        beats = None
+        if cfg.beats_checkpoint and not cfg.no_ssl:
+            # Pretrained BEATs (paper 2.2): its weights end up in this model's own state, so a saved model
+            # no longer needs the checkpoint file.
+            beats = BEATs.from_checkpoint(cfg.beats_checkpoint)
+            cfg = cfg.replace(beats=beats.cfg, beats_checkpoint=None)
         self.cfg = cfg
         self.clap = clap if clap is not None else build_audio_text_encoder(cfg)
         if self.clap.embedding_dim != cfg.embedding_dim:
@@ -45,7 +52,7 @@ class HybridSep(nn.Module):
             max_frames = cfg.window_samples // cfg.fe.hop_length + 1
             self.fe = FeatureExtractor(cfg.fe, max_frames)
             self.aet = AudioEmbeddingTransformer(cfg.aet, cfg.embedding_dim, cfg.fe.dim)
-        self.asm = AudioSeparationModel(cfg)
+        self.asm = AudioSeparationModel(cfg, beats)
         self.cd = None if cfg.no_cd else ConditionalDenoiser(cfg)
         # Paper 2.1 / 2.2: the CLAP encoders and BEATs are pre-trained and frozen.
         freeze(self.clap)
