@@ -92,29 +92,29 @@ def measure_preset(preset: str, device: str, threads: int, repeats: int, hops: l
                                 else "cpu")
     result = {"preset": preset, "device": device, "threads": threads, "window_s": cfg.window_seconds,
               "sample_rate": cfg.sample_rate, "graphs": {}, "streaming": []}
+    # torch first, then ONNX Runtime: each engine's idle worker threads keep spinning for a while after it ran
+    # and would slow down the other one.
+    exports = [g for name in GRAPH_ORDER for g in graph_exports(model, None) if g.name == name]
+    for graph in exports:
+        module = graph.module.to(torch_device)
+        inputs = tuple(x.to(torch_device) for x in graph.trace_inputs)
+
+        def run_torch():
+            with torch.inference_mode():
+                module(*inputs)
+            if torch_device.type == "cuda":
+                torch.cuda.synchronize()
+
+        result["graphs"][graph.name] = {"torch_s": _median_time(run_torch, repeats)}
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = export_bundle(model, Path(tmp) / "bundle", threads=threads, log=lambda m: None)
         bundle = Bundle.load(bundle_dir)
-        exports = [g for name in GRAPH_ORDER for g in graph_exports(model, None) if g.name == name]
-        # All ONNX Runtime timings first: torch's worker threads keep spinning for a while after each call and
-        # would slow down whatever runs right after them.
         for graph in exports:
             runner = GraphRunner.open(bundle.graph_path(graph.name), device=device, threads=threads)
             feeds = {n: x.cpu().numpy() for n, x in zip(graph.input_names, graph.trace_inputs)}
-            result["graphs"][graph.name] = {"onnxruntime_s": _median_time(lambda: runner.run(feeds), repeats),
-                                            "provider": runner.provider}
-        for graph in exports:
-            module = graph.module.to(torch_device)
-            inputs = tuple(x.to(torch_device) for x in graph.trace_inputs)
-
-            def run_torch():
-                with torch.inference_mode():
-                    module(*inputs)
-                if torch_device.type == "cuda":
-                    torch.cuda.synchronize()
-
             figures = result["graphs"][graph.name]
-            figures["torch_s"] = _median_time(run_torch, repeats)
+            figures["onnxruntime_s"] = _median_time(lambda: runner.run(feeds), repeats)
+            figures["provider"] = runner.provider
             figures["torch_over_ort"] = figures["torch_s"] / figures["onnxruntime_s"]
         graphs = result["graphs"]
         result["window_compute_s"] = graphs["asm"]["onnxruntime_s"] + graphs.get("aet", {}).get("onnxruntime_s", 0.0)
