@@ -36,8 +36,10 @@ test: apt setup
 params: setup
 	$(VENV)/bin/hybridsep params --preset small paper
 
+# Separates the demo scene assets/demo with the committed default bundle models/default: stems,
+# spectrograms.png and scores.json in runs/demo, the SDRi table on stdout.
 demo: apt setup
-	$(VENV)/bin/hybridsep params --preset small --time
+	$(VENV)/bin/hybridsep demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

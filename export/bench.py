@@ -1,5 +1,5 @@
 """`hybridsep bench`: speed and memory of the model presets, torch eager against ONNX Runtime, and whether
-streaming keeps up in real time.
+streaming keeps up in real time; `--bundle` measures shipped bundles as they are (ONNX Runtime only).
 
 For each preset, in a child process of its own (so peak memory is that preset's): build the model (random
 weights, seed 0), export its bundle, then
@@ -22,7 +22,11 @@ GRAPH_ORDER = ("text_encoder", "audio_encoder", "aet", "asm")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", nargs="+", default=["small"], help="model presets to measure (small, paper)")
+    parser.add_argument("--preset", nargs="+", default=None,
+                        help="model presets to measure (small, paper; default: small unless --bundle is given)")
+    parser.add_argument("--bundle", type=Path, nargs="+", default=[], metavar="DIR",
+                        help="also measure these exported bundles (ONNX Runtime only, as they are shipped): "
+                             "per-window compute and streaming keep-up")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="device for both engines")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per graph (the median is reported)")
@@ -125,20 +129,44 @@ def measure_preset(preset: str, device: str, threads: int, repeats: int, hops: l
     return result
 
 
-def _child(queue, *args) -> None:
+def measure_bundle(folder: Path, device: str, threads: int, repeats: int, hops: list[float],
+                   stream_seconds: float) -> dict:
+    """What the streaming engine calls per window on a shipped bundle (aet + asm through `OnnxSeparator`), and
+    streaming keep-up at each hop."""
+    import resource
+
+    import numpy as np
+
+    from hybridsep_rt.engine import Query
+    from hybridsep_rt.separator import OnnxSeparator
+
+    separator = OnnxSeparator(folder, device=device, threads=threads)
+    condition = separator.prepare(Query(text="a piano playing a melody"))
+    window = (0.1 * np.random.default_rng(0).standard_normal((1, separator.window_samples))).astype(np.float32)
+    result = {"bundle": str(folder), "device": device, "threads": threads,
+              "window_s": separator.window_samples / separator.sample_rate, "sample_rate": separator.sample_rate,
+              "window_compute_s": _median_time(lambda: separator.separate(window, condition), repeats),
+              "streaming": [_stream_keep_up(separator, hop, stream_seconds) for hop in hops]}
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _child(queue, measure, *args) -> None:
     try:
-        queue.put(measure_preset(*args))
+        queue.put(measure(*args))
     except BaseException as e:  # the parent reports it
         queue.put({"error": f"{type(e).__name__}: {e}"})
 
 
 def print_report(result: dict) -> None:
-    print(f"\npreset {result['preset']!r}: one {result['window_s']:g} s window at {result['sample_rate']} Hz, "
+    what = f"preset {result['preset']!r}" if "preset" in result else f"bundle {result['bundle']}"
+    print(f"\n{what}: one {result['window_s']:g} s window at {result['sample_rate']} Hz, "
           f"device {result['device']}, {result['threads']} threads, peak memory {result['peak_rss_mb']:.0f} MB")
-    print(f"  {'graph':14s} {'torch eager':>12s} {'onnxruntime':>12s} {'torch/ort':>10s}  provider")
-    for name, g in result["graphs"].items():
-        print(f"  {name:14s} {g['torch_s']:11.3f}s {g['onnxruntime_s']:11.3f}s {g['torch_over_ort']:9.2f}x  "
-              f"{g['provider']}")
+    if "graphs" in result:
+        print(f"  {'graph':14s} {'torch eager':>12s} {'onnxruntime':>12s} {'torch/ort':>10s}  provider")
+        for name, g in result["graphs"].items():
+            print(f"  {name:14s} {g['torch_s']:11.3f}s {g['onnxruntime_s']:11.3f}s {g['torch_over_ort']:9.2f}x  "
+                  f"{g['provider']}")
     print(f"  per-window compute (aet + asm, onnxruntime): {result['window_compute_s']:.3f} s")
     print(f"  {'hop':>6s} {'latency':>8s} {'compute/window':>15s} {'degradations':>13s} {'underflows':>11s}  real time")
     for s in result["streaming"]:
@@ -149,15 +177,17 @@ def print_report(result: dict) -> None:
 def run(args) -> int:
     ctx = multiprocessing.get_context("spawn")
     results = []
-    for preset in args.preset:
+    presets = args.preset if args.preset is not None else ([] if args.bundle else ["small"])
+    jobs = [(measure_preset, preset) for preset in presets] + [(measure_bundle, b) for b in args.bundle]
+    for measure, target in jobs:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(queue, preset, args.device, args.threads, args.repeats,
+        proc = ctx.Process(target=_child, args=(queue, measure, target, args.device, args.threads, args.repeats,
                                                 list(args.hops), args.stream_seconds))
         proc.start()
         result = queue.get()
         proc.join()
         if "error" in result:
-            print(f"hybridsep bench: {preset}: {result['error']}", file=sys.stderr)
+            print(f"hybridsep bench: {target}: {result['error']}", file=sys.stderr)
             return 1
         print_report(result)
         results.append(result)

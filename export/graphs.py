@@ -89,9 +89,30 @@ FP16_BLOCKED_SCOPES = ("resample", "spectrogram", "stft", "pqmf", "log_mel", "me
 
 
 def fp16_blocked_nodes(model) -> list[str]:
-    """Names of the nodes inside the DSP modules (the exporter names nodes ``/module/submodule/Op``)."""
+    """Names of the nodes inside the DSP modules (the exporter names nodes ``/module/submodule/Op``) and of the
+    nodes that compute a table from constants (``table_nodes``)."""
     scopes = set(FP16_BLOCKED_SCOPES)
-    return [node.name for node in model.graph.node if scopes & set(node.name.split("/")[:-1])]
+    in_scope = [node.name for node in model.graph.node if scopes & set(node.name.split("/")[:-1])]
+    return sorted(set(in_scope) | set(table_nodes(model)))
+
+
+def table_nodes(model) -> list[str]:
+    """Names of the nodes that compute a table from constants alone, and of the Constant nodes they read: the
+    DFT bases an exported graph computes (``training.models.stft.ComputedInGraph``). They stay float32: the
+    sample x bin products exceed fp16's range, and ONNX Runtime folds them into tables when it loads the graph.
+    """
+    constant = {init.name for init in model.graph.initializer}
+    constant_nodes = {}
+    computing = []
+    for node in model.graph.node:  # exported graphs are in topological order
+        if node.op_type == "Constant":
+            constant_nodes[node.output[0]] = node.name
+            constant.update(node.output)
+        elif node.op_type != "Identity" and node.input and all(name in constant for name in node.input if name):
+            computing.append(node)  # (an Identity of a constant is a shared weight, not a table)
+            constant.update(node.output)
+    read = {name for node in computing for name in node.input}
+    return [node.name for node in computing] + [name for output, name in constant_nodes.items() if output in read]
 
 
 def convert_to_fp16(source, destination) -> None:

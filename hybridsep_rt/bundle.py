@@ -9,7 +9,11 @@ Layout (``hybridsep export`` writes it, :meth:`Bundle.load` reads and validates 
       asm.onnx             (mixture, target_embedding) -> separated
       audio_encoder.onnx   (wave) -> audio_embedding                         query by example, CLAPScore
       *.fp16.onnx          optional fp16 variants of the graphs (same inputs and outputs)
+      *.int8.onnx          int8-weight variants (float32 arithmetic); text_encoder.int8.onnx by default
       tokenizer.json       a `tokenizers` tokenizer of the text encoder
+
+Every graph has an fp32 or an int8 variant. The fp32 set, what the runtime uses unless asked for fp16, takes
+a graph's int8 variant where the graph has no fp32 one: the text encoder of a default export.
 
 manifest.json::
 
@@ -21,6 +25,8 @@ manifest.json::
                         "outputs": [...],
                         "variants": {"fp32": {"file": "asm.onnx", "sha256": "...", "parity": {...}},
                                      "fp16": {...}}},
+                "text_encoder": {..., "variants": {"int8": {"file": "text_encoder.int8.onnx", ...,
+                                                            "quantization": {...}}}},
                 ...},
      "provenance": {"config": {...}, "git_commit": "...", "evaluation": {...}, "created": "...", ...}}
 """
@@ -50,6 +56,7 @@ __all__ = [
     "GraphInfo",
     "Bundle",
     "graph_file_name",
+    "file_precision",
     "session_io",
     "sha256_file",
 ]
@@ -72,7 +79,7 @@ GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     AUDIO_ENCODER: (("wave",), ("audio_embedding",)),
 }
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 # onnxruntime's element type names -> numpy dtype names used in the manifest.
 _ORT_DTYPES = {
@@ -92,8 +99,14 @@ class BundleError(Exception):
 
 
 def graph_file_name(graph: str, precision: str = "fp32") -> str:
-    """``asm.onnx`` for fp32, ``asm.fp16.onnx`` for fp16."""
+    """``asm.onnx`` for fp32, ``asm.fp16.onnx`` for fp16, ``asm.int8.onnx`` for int8."""
     return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
+
+
+def file_precision(path: str | Path) -> str:
+    """The precision a graph file's name stands for (see :func:`graph_file_name`): "fp16", "int8" or "fp32"."""
+    parts = Path(path).name.split(".")
+    return parts[-2] if len(parts) >= 3 and parts[-2] in PRECISIONS else "fp32"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -147,6 +160,12 @@ class GraphInfo:
     outputs: tuple[TensorSpec, ...]
     variants: dict[str, GraphVariant]
 
+    def variant(self, precision: str) -> GraphVariant | None:
+        """The variant the runtime uses for ``precision``: for fp32 the int8 one when there is no fp32 one."""
+        if precision == "fp32" and "fp32" not in self.variants:
+            precision = "int8"
+        return self.variants.get(precision)
+
 
 @dataclass(frozen=True)
 class Bundle:
@@ -171,17 +190,19 @@ class Bundle:
         return self.manifest.get("provenance", {})
 
     def has_precision(self, precision: str) -> bool:
-        """True when every graph has a variant of this precision."""
-        return all(precision in g.variants for g in self.graphs.values())
+        """True when every graph has a variant for this precision (see :meth:`GraphInfo.variant`)."""
+        return all(g.variant(precision) is not None for g in self.graphs.values())
 
     def graph_path(self, graph: str, precision: str = "fp32") -> Path:
+        """The file of ``graph`` for ``precision`` (see :meth:`GraphInfo.variant`)."""
         if graph not in self.graphs:
             raise BundleError(f"bundle {self.folder} has no {graph} graph")
-        variants = self.graphs[graph].variants
-        if precision not in variants:
+        variant = self.graphs[graph].variant(precision)
+        if variant is None:
             raise BundleError(f"bundle {self.folder} has no {precision} variant of {graph} "
-                              f"(it has {sorted(variants)}); export it with --fp16 for fp16 graphs")
-        return self.folder / variants[precision].file
+                              f"(it has {sorted(self.graphs[graph].variants)}); export it with --fp16 for fp16 "
+                              f"graphs")
+        return self.folder / variant.file
 
     @classmethod
     def load(cls, folder: str | Path, check_graphs: bool = True) -> "Bundle":
@@ -275,8 +296,8 @@ def _graph_info(folder: Path, name: str, entry: Any) -> GraphInfo:
     if tuple(s.name for s in inputs) != expected_inputs or tuple(s.name for s in outputs) != expected_outputs:
         raise BundleError(f"{where} has inputs {[s.name for s in inputs]} and outputs {[s.name for s in outputs]}; "
                           f"this runtime needs {list(expected_inputs)} -> {list(expected_outputs)}")
-    if not isinstance(variant_entries, dict) or "fp32" not in variant_entries:
-        raise BundleError(f"{where} has no fp32 variant")
+    if not isinstance(variant_entries, dict) or not {"fp32", "int8"} & set(variant_entries):
+        raise BundleError(f"{where} has neither an fp32 nor an int8 variant")
     variants = {}
     for precision, variant in variant_entries.items():
         if precision not in PRECISIONS:

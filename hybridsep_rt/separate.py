@@ -80,6 +80,17 @@ def window_count(total: int, window: int, hop: int) -> int:
     return max(1, math.ceil((total + window - hop) / hop))
 
 
+def hop_samples(hop_seconds: float | None, sample_rate: int, window: int) -> int:
+    """The --hop between overlapping model windows in samples (default: half the model's window), checked to
+    lie between 1 sample and the window."""
+    hop_seconds = hop_seconds if hop_seconds is not None else window / sample_rate / 2
+    hop = int(round(hop_seconds * sample_rate))
+    if not 0 < hop <= window:
+        raise ValueError(f"--hop must be between 1 sample and the model's window ({window / sample_rate:g} s), "
+                         f"got {hop_seconds:g} s")
+    return hop
+
+
 def _labels(args) -> list[str]:
     """What each stem is named after: the query texts, then "example <clip name>" per example clip."""
     for text in args.query:
@@ -128,11 +139,7 @@ def separate_file(args) -> list[Path]:
     mixture, rate = read_audio(args.input)
     separator = OnnxSeparator(bundle, device=args.device, threads=args.threads, precision=args.precision)
     window = separator.window_samples
-    hop_seconds = args.hop if args.hop is not None else window / separator.sample_rate / 2
-    hop = int(round(hop_seconds * separator.sample_rate))
-    if not 0 < hop <= window:
-        raise ValueError(f"--hop must be between 1 sample and the model's window ({window / separator.sample_rate:g} "
-                         f"s), got {hop_seconds:g} s")
+    hop = hop_samples(args.hop, separator.sample_rate, window)
     queries = _queries(args, separator.sample_rate)
     conditions = [separator.prepare(query) for query in queries]  # bad queries fail before the long part
     print(f"separating {args.input} ({mixture.shape[0]} ch, {rate} Hz, {mixture.shape[1] / rate:.1f} s) with "

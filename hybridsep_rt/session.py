@@ -1,5 +1,9 @@
 """ONNX Runtime sessions: the CUDA execution provider where asked for and present, the CPU one otherwise,
-and a runner that feeds a session through IO binding on CUDA."""
+and a runner that feeds a session through IO binding on CUDA.
+
+Int8 graphs of a bundle (``*.int8.onnx``, the text encoder by default) always run on the CPU: ONNX Runtime
+runs their int8 weights directly there (MatMulNBits), and the text encoder runs once per query.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from hybridsep_rt.bundle import file_precision
+
 __all__ = ["DEVICES", "CPU_PROVIDER", "CUDA_PROVIDER", "cuda_available", "create_session", "GraphRunner"]
 
 log = logging.getLogger(__name__)
@@ -17,6 +23,7 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PRECISIONS = ("int8",)  # graph files of these precisions run on the CPU whatever the device
 
 
 def cuda_available() -> bool:
@@ -25,8 +32,6 @@ def cuda_available() -> bool:
 
 
 def _providers(device: str) -> list[str]:
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     available = ort.get_available_providers()
     if device == "cpu":
         return [CPU_PROVIDER]
@@ -48,14 +53,19 @@ def create_session(path: str | Path, device: str = "auto", threads: int | None =
 
     Args:
         device: "cuda" (warns when CUDA cannot be had and falls back to the CPU), "cpu", or "auto"
-            (CUDA when onnxruntime offers it, else the CPU).
+            (CUDA when onnxruntime offers it, else the CPU). An int8 graph runs on the CPU either way.
         threads: intra-op threads of the CPU provider (None: onnxruntime's default, one per core).
 
     Returns:
         (session, provider), provider being e.g. "CUDAExecutionProvider" or "CPUExecutionProvider".
     """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    if device != "cpu" and file_precision(path) in CPU_PRECISIONS:
+        log.info("%s has int8 weights: it runs on the CPU", Path(path).name)
+        device = "cpu"
     providers = _providers(device)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -241,6 +241,28 @@ def test_offline_system_runs_the_separator_per_window():
     np.testing.assert_allclose(estimate[200:-200], 0.5 * tone[200:-200], atol=1e-2)
 
 
+class RampSeparator(FakeSeparator):
+    """Scales each window by a ramp, so what a sample gets depends on which windows are overlap-added."""
+
+    def separate(self, window, condition):
+        return window * np.linspace(0.0, 1.0, self.window_samples, dtype=np.float32)
+
+
+def test_offline_system_scores_the_streaming_rule():
+    from hybridsep_rt.engine import Query
+    from hybridsep_rt.overlap import separate_offline
+
+    separator = RampSeparator()
+    mixture = np.random.default_rng(1).standard_normal(2 * SIZE).astype(np.float32)
+    hop = SIZE // 4
+    streamed = ev.offline_system(separator, RATE, hop / RATE, lookahead_seconds=0.0)(mixture, "q")
+    expected = separate_offline(mixture[None], separator, separator.prepare(Query(text="q")), hop_samples=hop,
+                                lookahead_samples=0)[0]
+    np.testing.assert_allclose(streamed, expected, atol=1e-6)
+    every_window = ev.offline_system(separator, RATE, hop / RATE)(mixture, "q")
+    assert np.abs(every_window - streamed).max() > 0.1
+
+
 def test_evaluate_separators_and_report(tmp_path):
     manifest = _write_corpus(tmp_path)
     separators = {"half": FakeSeparator(), "whole": FakeSeparator(gain=1.0)}
@@ -257,6 +279,9 @@ def test_evaluate_separators_and_report(tmp_path):
     markdown = ev.write_report(results, tmp_path / "out")
     assert (tmp_path / "out" / "table.md").read_text() == markdown
     assert (tmp_path / "out" / "table.csv").is_file()
+    table = json.loads((tmp_path / "out" / "table.json").read_text())
+    assert table["KA"]["n"] == 6 and set(table["KA"]["systems"]) == {ev.NO_PROCESSING, ev.ORACLE_IRM, "half", "whole"}
+    assert table["KA"]["systems"]["half"]["sdri"] == pytest.approx(results["KA"].mean("half", "sdri"), abs=1e-4)
     rows = list(csv.DictReader(open(tmp_path / "out" / "examples_KA.csv")))
     assert len(rows) == 4 * 6 and set(ev.METRICS) <= set(rows[0])
 

@@ -178,3 +178,18 @@ def test_nested_overrides():
     assert cfg.clap.backend == "hf" and cfg.clap.path == "/models/laion-clap" and cfg.sample_rate == 16000
     with pytest.raises(ValueError, match="unknown model settings"):
         get_config("small", colour="red")
+
+
+def test_ablation_starts_from_a_trained_model(tmp_path, small_model):
+    """one_stage / no_cd start from a saved full model: the kept parts load its weights, the dropped parts go,
+    the discriminator settings may change, and any other setting is refused."""
+    small_model.save_pretrained(tmp_path / "m")
+    one_stage = HybridSep.from_pretrained(tmp_path / "m", overrides={"one_stage": True, "discriminator": {"filters": 4}})
+    assert one_stage.aet is None and one_stage.fe is None and one_stage.cfg.discriminator.filters == 4
+    for name, value in small_model.asm.state_dict().items():
+        assert torch.equal(one_stage.asm.state_dict()[name], value), name
+    no_cd = HybridSep.from_pretrained(tmp_path / "m", overrides={"no_cd": True})
+    assert no_cd.cd is None and torch.equal(no_cd.aet.head.weight, small_model.aet.head.weight)
+    for bad in ({"no_ssl": True}, {"one_stage": False, "sample_rate": 16000}, {"window_seconds": 2.0}):
+        with pytest.raises(ValueError, match="cannot change"):
+            HybridSep.from_pretrained(tmp_path / "m", overrides=bad)

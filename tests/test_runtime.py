@@ -67,6 +67,26 @@ def test_a_valid_bundle_loads(bundle_dir):
     assert not bundle.has_precision("fp16")
 
 
+def test_the_int8_text_encoder_stands_in_for_fp32(tmp_path, bundle_dir):
+    bundle = Bundle.load(bundle_dir)
+    assert set(bundle.graphs["text_encoder"].variants) == {"int8"}
+    assert bundle.graph_path("text_encoder") == bundle_dir / "text_encoder.int8.onnx"
+    assert bundle.graph_path("text_encoder", "int8") == bundle.graph_path("text_encoder")
+    assert bundle.graph_path("asm") == bundle_dir / "asm.onnx" and not bundle.has_precision("int8")
+    with pytest.raises(BundleError, match="no int8 variant of asm"):
+        bundle.graph_path("asm", "int8")
+
+    folder = clone(bundle_dir, tmp_path / "b")
+    edit_manifest(folder, lambda m: m["graphs"]["text_encoder"]["variants"].update(
+        fp16=m["graphs"]["text_encoder"]["variants"].pop("int8")))
+    with pytest.raises(BundleError, match="graph text_encoder has neither an fp32 nor an int8 variant"):
+        Bundle.load(folder)
+    folder = clone(bundle_dir, tmp_path / "c")
+    edit_manifest(folder, lambda m: m["graphs"]["asm"]["variants"].update(int4=m["graphs"]["asm"]["variants"]["fp32"]))
+    with pytest.raises(BundleError, match="unknown precision 'int4' .known: fp32, fp16, int8."):
+        Bundle.load(folder)
+
+
 def test_missing_folder_or_manifest(tmp_path, bundle_dir):
     with pytest.raises(BundleError, match="does not exist"):
         Bundle.load(tmp_path / "nowhere")
@@ -156,6 +176,15 @@ def test_sessions_on_cpu_and_a_warning_when_cuda_is_missing(bundle_dir):
         assert provider == CPU_PROVIDER
     with pytest.raises(ValueError, match="device must be one of"):
         create_session(bundle_dir / "audio_encoder.onnx", device="tpu")
+
+
+def test_the_int8_text_encoder_runs_on_the_cpu_whatever_the_device(bundle_dir, recwarn):
+    for device in ("auto", "cuda"):
+        session, provider = create_session(bundle_dir / "text_encoder.int8.onnx", device=device, threads=1)
+        assert provider == CPU_PROVIDER and session.get_providers() == [CPU_PROVIDER]
+    assert not [w for w in recwarn if "CUDA" in str(w.message)]  # no fallback: the CPU is what it asks for
+    with pytest.raises(ValueError, match="device must be one of"):
+        create_session(bundle_dir / "text_encoder.int8.onnx", device="tpu")
 
 
 # ------------------------------------------------------------------------------------------ separator

@@ -145,12 +145,24 @@ def test_sigkill_and_resume_reaches_the_same_parameters(manifest, tmp_path):
     assert 2 <= killed_at < steps
     subprocess.run(train_command(manifest, tmp_path / "killed", steps), check=True, env=env, cwd=ROOT)
 
+    # A run paused by stop_at and rerun without it ends where the straight run ends too.
+    paused = subprocess.run(train_command(manifest, tmp_path / "paused", steps) + ["--set=stop_at=1"],
+                            env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True, check=True)
+    assert "stopped by stop_at at step 1 of 4" in paused.stderr
+    assert torch.load(tmp_path / "paused" / CHECKPOINT_FILE, weights_only=True)["step"] == 1
+    again = subprocess.run(train_command(manifest, tmp_path / "paused", steps) + ["--set=stop_at=1"],
+                           env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True, check=True)
+    assert "at step 1 already" in again.stderr
+    assert torch.load(tmp_path / "paused" / CHECKPOINT_FILE, weights_only=True)["step"] == 1
+    subprocess.run(train_command(manifest, tmp_path / "paused", steps), check=True, env=env, cwd=ROOT)
+
     a = torch.load(tmp_path / "straight" / CHECKPOINT_FILE, weights_only=True)
-    b = torch.load(ckpt, weights_only=True)
-    assert a["step"] == b["step"] == steps
-    for module in a["modules"]:
-        for name, tensor in a["modules"][module].items():
-            assert torch.equal(tensor, b["modules"][module][name]), f"{module}.{name} differs after resume"
+    for run in (ckpt, tmp_path / "paused" / CHECKPOINT_FILE):
+        b = torch.load(run, weights_only=True)
+        assert a["step"] == b["step"] == steps
+        for module in a["modules"]:
+            for name, tensor in a["modules"][module].items():
+                assert torch.equal(tensor, b["modules"][module][name]), f"{module}.{name} differs after resume"
 
 
 def test_sigterm_to_the_process_group_checkpoints_and_stops(manifest, tmp_path):
@@ -169,3 +181,16 @@ def test_sigterm_to_the_process_group_checkpoints_and_stops(manifest, tmp_path):
     assert proc.returncode == 0
     assert "checkpoint written" in err
     assert 0 < torch.load(tmp_path / "term" / CHECKPOINT_FILE, weights_only=True)["step"] < 50
+
+
+def test_training_history_follows_init_back_to_the_first_stage(tmp_path, monkeypatch):
+    from training.trainer import CONFIG_FILE, MODEL_FOLDER, training_history
+
+    monkeypatch.chdir(tmp_path)
+    for name, init, step in (("s0", None, 7), ("s1", f"s0/{MODEL_FOLDER}", 5), ("s2", f"s1/{MODEL_FOLDER}", 3)):
+        (tmp_path / name / MODEL_FOLDER).mkdir(parents=True)
+        (tmp_path / name / CONFIG_FILE).write_text(__import__("json").dumps({"stage": name, "init": init}))
+        torch.save({"step": step}, tmp_path / name / CHECKPOINT_FILE)
+    history = training_history(f"s2/{MODEL_FOLDER}")
+    assert [(h["stage"], h["steps_done"]) for h in history] == [("s2", 3), ("s1", 5), ("s0", 7)]
+    assert training_history(tmp_path) == []

@@ -205,7 +205,8 @@ def small_config() -> HybridSepConfig:
             embed_dim=64,
             conv_pos_groups=4,
         ),
-        discriminator=DiscriminatorConfig(filters=16),
+        # two scales of 8 filters: the five 32-filter scales of EnCodec cost most of a CPU training step
+        discriminator=DiscriminatorConfig(filters=8, n_ffts=(1024, 256), hop_lengths=(256, 64), win_lengths=(1024, 256)),
         clap=ClapSettings(backend="compact", preset="small"),
     )
 
@@ -218,11 +219,15 @@ def get_config(preset: str, **overrides) -> HybridSepConfig:
     may be given as dicts (clap={"backend": "hf", "path": "/models/clap"})."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    base = PRESETS[preset]()
+    return with_overrides(PRESETS[preset](), overrides)
+
+
+def with_overrides(cfg: HybridSepConfig, overrides: dict) -> HybridSepConfig:
+    """`cfg` with top-level fields replaced; a dict for a nested part replaces only the keys it names."""
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(HybridSepConfig)})
     if unknown:
         raise ValueError(f"unknown model settings {unknown}")
-    data = base.to_dict()
+    data = cfg.to_dict()
     for key, value in overrides.items():
         data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data[key], dict) else value
     return HybridSepConfig.from_dict(data)

@@ -388,13 +388,17 @@ def examples_csv(results: EvalResults) -> str:
 # ---------------------------------------------------------------------------------------------- bundles
 
 
-def offline_system(separator: Separator, input_rate: int, hop_seconds: float | None = None) -> System:
+def offline_system(separator: Separator, input_rate: int, hop_seconds: float | None = None,
+                   lookahead_seconds: float | None = None) -> System:
     """A separator (hybridsep_rt.engine.Separator protocol) as an evaluation system.
 
     The mixture is resampled to the separator's rate when needed, separated by weighted overlap-add of
     windows (`hybridsep_rt.overlap.separate_offline`, every covering window contributes) and brought back
     to `input_rate` and its length. `hop_seconds=None` hops by a whole window, so a mixture one window
-    long is one model call. Conditions are prepared once per distinct query.
+    long is one model call. `lookahead_seconds` applies the streaming rule (a window contributes to a sample
+    only if it ends at most hop + lookahead after it), so hop 1 s with lookahead 1 s scores exactly what
+    `hybridsep stream` outputs at its defaults; None uses every covering window. Conditions are prepared
+    once per distinct query.
     """
     from hybridsep_rt.engine import Query
     from hybridsep_rt.overlap import separate_offline
@@ -402,13 +406,15 @@ def offline_system(separator: Separator, input_rate: int, hop_seconds: float | N
 
     rate = separator.sample_rate
     hop = separator.window_samples if hop_seconds is None else int(round(hop_seconds * rate))
+    lookahead = None if lookahead_seconds is None else int(round(lookahead_seconds * rate))
     conditions: dict[str, Any] = {}
 
     def separate(mixture: np.ndarray, query: str) -> np.ndarray:
         if query not in conditions:
             conditions[query] = separator.prepare(Query(text=query))
         wave = resample(np.asarray(mixture, dtype=np.float32), input_rate, rate)
-        estimate = separate_offline(wave[None], separator, conditions[query], hop_samples=hop)[0]
+        estimate = separate_offline(wave[None], separator, conditions[query], hop_samples=hop,
+                                    lookahead_samples=lookahead)[0]
         return fit_length(resample(estimate, rate, input_rate), mixture.shape[0])
 
     return separate
@@ -444,6 +450,7 @@ def evaluate_separators(
     cache_dir: str | Path | None = None,
     hop_seconds: float | None = None,
     segment_seconds: float | None = None,
+    lookahead_seconds: float | None = None,
     progress: bool = True,
 ) -> dict[str, EvalResults]:
     """Evaluate separators on the KA and DE-S-like sets drawn at the first separator's rate.
@@ -456,7 +463,8 @@ def evaluate_separators(
     sizes = dict(sizes or {"keyword": 300, "caption": 300})
     first = next(iter(separators.values()))
     rate = first.sample_rate
-    systems = {name: offline_system(separator, rate, hop_seconds) for name, separator in separators.items()}
+    systems = {name: offline_system(separator, rate, hop_seconds, lookahead_seconds)
+               for name, separator in separators.items()}
     embed_audio, embed_text = clap_embedders(first, rate)
     results = {}
     for kind, n in sizes.items():
@@ -473,14 +481,28 @@ def evaluate_separators(
     return results
 
 
+def summary(results_by_testset: Mapping[str, EvalResults]) -> dict:
+    """The table as a JSON-able dict: test set -> {"n", "systems": system -> metric -> mean}; NaN -> None.
+    `hybridsep export --evaluation table.json` records it in a bundle's manifest."""
+    def number(value: float) -> float | None:
+        return None if math.isnan(value) else round(float(value), 4)
+
+    return {name: {"n": results.n,
+                   "systems": {system: {metric: number(_value(results, system, metric))
+                                        for _, metric, _ in TABLE_COLUMNS} for system in results.systems}}
+            for name, results in results_by_testset.items()}
+
+
 def write_report(results_by_testset: Mapping[str, EvalResults], out_dir: str | Path) -> str:
-    """Write table.md, table.csv and examples_<set>.csv atomically into `out_dir`; returns the markdown."""
+    """Write table.md, table.csv, table.json (`summary`) and examples_<set>.csv atomically into `out_dir`;
+    returns the markdown."""
     from hybridsep_rt.atomic import atomic_write_text
 
     out_dir = Path(out_dir)
     markdown, table_csv = format_table(results_by_testset)
     atomic_write_text(out_dir / "table.md", markdown)
     atomic_write_text(out_dir / "table.csv", table_csv)
+    atomic_write_text(out_dir / "table.json", json.dumps(summary(results_by_testset), indent=2) + "\n")
     for name, results in results_by_testset.items():
         atomic_write_text(out_dir / f"examples_{name}.csv", examples_csv(results))
     return markdown
@@ -524,6 +546,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the drawn test sets as .npz files here and reuse them")
     parser.add_argument("--hop-seconds", type=float, default=None,
                         help="hop between model windows (default: one window, so a 10 s mixture is one call)")
+    parser.add_argument("--lookahead-seconds", type=float, default=None,
+                        help="score what streaming outputs: a window counts for a sample only up to hop + lookahead "
+                             "after it (`hybridsep stream` defaults: --hop-seconds 1 --lookahead-seconds 1); "
+                             "default: every covering window")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -541,12 +567,13 @@ def run(args: argparse.Namespace) -> int:
         separators = {name: OnnxSeparator(folder) for name, folder in args.bundle}
         results = evaluate_separators(
             separators, args.manifest, args.split, {"keyword": args.keyword_n, "caption": args.caption_n},
-            args.seed, args.cache, args.hop_seconds, progress=not args.quiet,
+            args.seed, args.cache, args.hop_seconds, lookahead_seconds=args.lookahead_seconds,
+            progress=not args.quiet,
         )
     except (BundleError, OSError, ValueError) as error:
         return _fail(str(error))
     print(write_report(results, args.out))
-    print(f"wrote {args.out / 'table.md'}, {args.out / 'table.csv'} and the per-example CSVs")
+    print(f"wrote {args.out / 'table.md'}, table.csv, table.json and the per-example CSVs")
     return 0
 
 

@@ -3,9 +3,8 @@
 Signal metrics take mono waves of shape (samples,); embedding metrics take CLAP embeddings of shape (D,)
 or (B, D).
 
-- `sdr`: the signal-to-distortion ratio as the DCASE 2024 task 9 (LASS) evaluator computes it,
-  10 * log10(mean(s^2) / mean((s_hat - s)^2)), each mean clipped from below at `DCASE_SDR_EPS`.
-- `sdri`: SDR of the estimate minus SDR of the unprocessed mixture.
+- `sdr`, `sdri`: the DCASE 2024 task 9 (LASS) SDR and its improvement over the mixture; they live in
+  `hybridsep_rt.metrics` (numpy only, so the runtime scores with them too) and are re-exported here.
 - `si_sdr`: scale-invariant SDR of Le Roux et al. (2019), on zero-mean signals.
 - `clap_score`, `clap_score_a`: cosine similarity x 100 of a separated audio embedding with the query's
   text embedding (CLAPScore, Xiao et al., paper reference [6]) or with the target's audio embedding
@@ -20,9 +19,10 @@ import numpy as np
 import scipy.linalg
 from scipy.signal import ShortTimeFFT, get_window
 
-# The DCASE 2024 task 9 baseline (Audio-AGI/dcase2024_task9_baseline, utils.calculate_sdr) clips the mean
-# powers of the reference and of the error from below at 1e-10 before taking their ratio.
-DCASE_SDR_EPS = 1e-10
+from hybridsep_rt.metrics import DCASE_SDR_EPS, power_ratio_db, sdr, sdri, wave_pair
+
+__all__ = ["DCASE_SDR_EPS", "sdr", "sdri", "si_sdr", "clap_score", "clap_score_a", "frechet_distance", "oracle_irm"]
+
 # Table 2 of the paper reports CLAPScore and CLAPScore_A as cosine similarities times 100.
 CLAP_SCORE_SCALE = 100.0
 # Offset added to both covariance diagonals when their product has no finite square root.
@@ -31,45 +31,19 @@ FRECHET_DIAGONAL_OFFSET = 1e-6
 FRECHET_MAX_IMAGINARY = 1e-3
 
 
-def _pair(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both waves as float64 (samples,), after checking their shapes agree."""
-    reference = np.asarray(reference, dtype=np.float64)
-    estimate = np.asarray(estimate, dtype=np.float64)
-    if reference.ndim != 1 or reference.shape != estimate.shape:
-        raise ValueError(
-            f"reference and estimate must be 1-D waves of one length, got {reference.shape} and {estimate.shape}"
-        )
-    return reference, estimate
-
-
-def _power_ratio_db(signal_power: float, error_power: float) -> float:
-    return float(10.0 * np.log10(max(signal_power, DCASE_SDR_EPS) / max(error_power, DCASE_SDR_EPS)))
-
-
-def sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """SDR in dB, as the DCASE 2024 LASS evaluator defines it (no projection, no scale invariance)."""
-    reference, estimate = _pair(reference, estimate)
-    return _power_ratio_db(np.mean(reference**2), np.mean((estimate - reference) ** 2))
-
-
-def sdri(reference: np.ndarray, estimate: np.ndarray, mixture: np.ndarray) -> float:
-    """SDR improvement in dB: sdr(reference, estimate) - sdr(reference, mixture)."""
-    return sdr(reference, estimate) - sdr(reference, mixture)
-
-
 def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     """Scale-invariant SDR in dB (Le Roux et al., "SDR - half-baked or well done?", 2019).
 
     Both signals are made zero-mean; the reference is scaled by the least-squares factor
     alpha = <s_hat, s> / ||s||^2, and the ratio is ||alpha s||^2 / ||s_hat - alpha s||^2.
     """
-    reference, estimate = _pair(reference, estimate)
+    reference, estimate = wave_pair(reference, estimate)
     reference = reference - reference.mean()
     estimate = estimate - estimate.mean()
     reference_energy = float(np.dot(reference, reference))
     alpha = float(np.dot(estimate, reference)) / reference_energy if reference_energy > 0.0 else 0.0
     projection = alpha * reference
-    return _power_ratio_db(np.mean(projection**2), np.mean((estimate - projection) ** 2))
+    return power_ratio_db(np.mean(projection**2), np.mean((estimate - projection) ** 2))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
@@ -136,7 +110,7 @@ def oracle_irm(mixture: np.ndarray, target: np.ndarray, n_fft: int, hop: int) ->
     multiplies STFT(mixture), and the inverse STFT (Hann window, canonical dual window, so it reconstructs
     perfectly) brings it back to a wave of the mixture's length.
     """
-    target, mixture = _pair(target, mixture)
+    target, mixture = wave_pair(target, mixture)
     if not 0 < hop <= n_fft // 2:
         raise ValueError(f"hop must lie in 1..n_fft/2 = {n_fft // 2} for an invertible Hann STFT, got {hop}")
     transform = ShortTimeFFT(get_window("hann", n_fft), hop, fs=1.0)

@@ -50,11 +50,7 @@ def collate(items: list[dict]) -> dict:
 
 def build_model(cfg: TrainConfig) -> HybridSep:
     if cfg.init:
-        model = HybridSep.from_pretrained(cfg.init)
-        changed = {k: v for k, v in cfg.model.items() if getattr(model.cfg, k) != v}
-        if changed:
-            raise ValueError(f"model overrides {changed} differ from the model in {cfg.init}")
-        return model
+        return HybridSep.from_pretrained(cfg.init, overrides=cfg.model)
     return HybridSep(get_config(cfg.preset, **cfg.model))
 
 
@@ -338,10 +334,12 @@ class AdversarialConsistentStage(Stage):
             z = torch.stack([torch.randn(target.shape[1:], generator=g) for g in gens]).to(target.device)
             noisy1 = target + sigma_hi[:, None] * z
             noisy2 = target + sigma_lo[:, None] * z
+        self.discriminator.requires_grad_(False)  # phase 2 needs D's input gradients only
         with self.autocast():
             generated, pred1, pred2 = self.run("generator")(mixture, emb, noisy1, noisy2)
             with disc.no_sync() if isinstance(disc, DistributedDataParallel) else contextlib.nullcontext():
                 fake_logits, _ = disc(generated.float())
+        self.discriminator.requires_grad_(True)
         loss_adv = adversarial_loss(fake_logits)
         loss_l1 = (generated.float() - target).abs().mean()
         loss = loss_adv + self.cfg.lambda_l1 * loss_l1

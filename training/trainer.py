@@ -42,6 +42,7 @@ class TrainConfig:
     model: dict = field(default_factory=dict)  # HybridSepConfig top-level overrides, e.g. {"one_stage": true}
     init: str | None = None  # a model folder to start from (the previous stage's `model/`)
     steps: int = 60000  # paper 3.1: each stage takes about 60000 steps to converge
+    stop_at: int | None = None  # pause here (checkpoint and exit) before `steps`; rerun to go on
     batch_size: int = 128  # paper 3.1: batch size 128 (global: split over the processes)
     lr: float = 1e-4  # paper 3.1: AdamW, initial learning rate 1e-4
     betas: tuple[float, float] = (0.8, 0.99)  # paper 3.1: beta1 0.8, beta2 0.99
@@ -205,6 +206,25 @@ def load_checkpoint(path: Path, stage) -> int:
     return int(state["step"])
 
 
+def training_history(model_dir: str | Path) -> list[dict]:
+    """The training runs behind a model folder written by `train` (OUT/model), newest first: each run's
+    TrainConfig as a dict plus "steps_done" (its checkpoint's step), following `init` back to the first stage.
+    Empty for a folder that no run wrote."""
+    history, folder, seen = [], Path(model_dir).resolve(), set()
+    while folder not in seen and (folder.parent / CONFIG_FILE).is_file() and folder.name == MODEL_FOLDER:
+        seen.add(folder)
+        cfg = json.loads((folder.parent / CONFIG_FILE).read_text())
+        checkpoint = folder.parent / CHECKPOINT_FILE
+        if checkpoint.is_file():
+            cfg["steps_done"] = int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["step"])
+        history.append(cfg)
+        if not cfg.get("init"):
+            break
+        folder = Path(cfg["init"])
+        folder = folder if folder.is_absolute() else (Path.cwd() / folder).resolve()
+    return history
+
+
 class StopRequest:
     """Turns SIGTERM / SIGINT into a flag the loop checks after each step (then it checkpoints and exits)."""
 
@@ -249,13 +269,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path | None:
         step = load_checkpoint(out / CHECKPOINT_FILE, stage)
     stage.wrap_distributed()
     stop = StopRequest()
+    end = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)  # a rerun past stop_at does nothing
     writer = None
     if env.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tensorboard"))
     loader = torch.utils.data.DataLoader(
-        stage.train_set, batch_sampler=StepBatches(step, cfg.steps, cfg.batch_size, env),
+        stage.train_set, batch_sampler=StepBatches(step, end, cfg.batch_size, env),
         num_workers=cfg.workers, collate_fn=stage.collate, worker_init_fn=_ignore_signals)
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.stage, disable=not (progress and env.is_main), unit="step")
     started, first_step = time.perf_counter(), step
@@ -273,15 +294,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path | None:
             _log(writer, stage.evaluate(), step, "valid")
         if writer is not None and step % cfg.audio_every == 0:
             stage.log_audio(writer, step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signal is not None:
+        pause = step == end < cfg.steps
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signal is not None or pause:
             if env.is_main:
                 save_checkpoint(out / CHECKPOINT_FILE, step, stage, cfg)
                 stage.save_model(out / MODEL_FOLDER)  # the model as of this checkpoint, ready to export
-            if stop.signal is not None:
-                bar.write(f"stopped by signal {stop.signal} at step {step}; checkpoint written, rerun to resume",
+            if stop.signal is not None or pause:
+                why = f"signal {stop.signal}" if stop.signal is not None else "stop_at"
+                bar.write(f"stopped by {why} at step {step} of {cfg.steps}; checkpoint written, rerun to resume",
                           file=sys.stderr)
                 break
     bar.close()
+    if step == first_step and step < cfg.steps and env.is_main:
+        print(f"{out} is at step {step} already (stop_at={cfg.stop_at}): nothing to do", file=sys.stderr)
     finished = step == cfg.steps
     if writer is not None:
         writer.close()

@@ -1,10 +1,13 @@
-"""`hybridsep corpus`: build the local training corpus of training.data.corpus.
+"""`hybridsep corpus`: build the local training corpus of training.data.corpus, and the demo scene from it.
 
     hybridsep corpus build --out DIR --hours H --seed S [--soundfont PATH] [--workers N] [--quiet]
+    hybridsep corpus demo --manifest M --classes C [C ...] --out DIR [--split S] [--queries C ...]
+                          [--seconds T] [--seed S]
 
-A rerun with the same arguments finishes an interrupted build; more hours extend it.
+A rerun of `build` with the same arguments finishes an interrupted build; more hours extend it.
+`demo` mixes held-out clips of a few classes into the scene `hybridsep demo` separates (training.data.demo_mix).
 Errors the user can fix (a missing tool or soundfont, too few hours, a folder built with other
-arguments) print one line on stderr and exit with status 2.
+arguments, a class without clips) print one line on stderr and exit with status 2.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from training.data.manifest import SPLITS
 from training.data.midi import DEFAULT_SOUNDFONT  # numpy and soundfile only, no scipy
 
 EXIT_USAGE = 2  # argparse's exit status for a bad command line; used for every error the user can fix
 
 
-def _hours(text: str) -> float:
-    """--hours: a positive number."""
+def _positive(text: str) -> float:
+    """--hours, --seconds: a positive number."""
     try:
         value = float(text)
     except ValueError:
@@ -45,7 +49,7 @@ def _whole_number(minimum: int):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `build` action and its options to the `corpus` command's parser."""
+    """Add the `build` and `demo` actions and their options to the `corpus` command's parser."""
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     build = actions.add_parser(
         "build",
@@ -56,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     build.add_argument("--out", type=Path, required=True, metavar="DIR",
                        help="folder to build the corpus in (created if missing)")
-    build.add_argument("--hours", type=_hours, required=True, metavar="H",
+    build.add_argument("--hours", type=_positive, required=True, metavar="H",
                        help="total length of the corpus in hours, cut into 10 s clips (0.05 h = 18 clips)")
     build.add_argument("--seed", type=_whole_number(0), required=True, metavar="S",
                        help="seed of every random choice; a folder keeps the seed it was built with")
@@ -65,25 +69,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--workers", type=_whole_number(1), default=None, metavar="N",
                        help="processes rendering clips in parallel (default: one per CPU core)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_demo_arguments(actions)
+
+
+def _add_demo_arguments(actions) -> None:
+    """The `demo` action: the mixture and references that `hybridsep demo` separates and scores."""
+    demo = actions.add_parser(
+        "demo",
+        help="mix held-out clips of a few classes into the demo scene, with reference sources",
+        description="Join clips of each class from one split to --seconds, set their levels within a few dB "
+        "of each other, and write DIR/mixture.flac, DIR/sources/<class>.flac (they sum exactly to the "
+        "mixture) and DIR/demo.json (the sources, their clips and gains, and the queries). 16-bit mono "
+        "FLAC at 44.1 kHz; the same arguments always give the same files.",
+    )
+    demo.add_argument("--manifest", type=Path, required=True, metavar="FILE", help="the corpus manifest")
+    demo.add_argument("--split", choices=SPLITS, default="test", help="split to take the clips from (default: test)")
+    demo.add_argument("--classes", nargs="+", required=True, metavar="CLASS",
+                      help="keyword classes, one source each, e.g. piano speech \"drum kit\" siren")
+    demo.add_argument("--queries", nargs="+", default=None, metavar="CLASS",
+                      help="the classes the demo queries for (default: every class)")
+    demo.add_argument("--seconds", type=_positive, default=20.0, metavar="T",
+                      help="length of the scene in seconds (default: 20)")
+    demo.add_argument("--seed", type=_whole_number(0), default=0, metavar="S",
+                      help="seed of the clip order and the levels (default: 0)")
+    demo.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the scene to")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the corpus; returns 0, or EXIT_USAGE after printing what went wrong."""
+    """Run the action; returns 0, or EXIT_USAGE after printing what went wrong."""
+    if args.action == "demo":
+        return _run_demo(args)
+    return _run_build(args)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    """Build the demo scene and print its sources."""
+    import json
+
+    from training.data.demo_mix import DemoError, build_demo
+
+    try:
+        path = build_demo(args.manifest, args.split, args.classes, args.seconds, args.seed, args.out,
+                          queries=args.queries)
+    except (DemoError, OSError) as error:
+        return _fail("demo", str(error))
+    description = json.loads(path.read_text())
+    for source in description["sources"]:
+        clips = ", ".join(clip["path"] for clip in source["clips"])
+        print(f"{source['file']}: {source['level_db']:.1f} dBFS (gain {source['gain_db']:+.1f} dB) from {clips}")
+    print(f"queries: {', '.join(query['text'] for query in description['queries'])}")
+    print(f"demo: {path}")
+    return 0
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    """Build the corpus."""
     from training.data.corpus import CorpusError, build_corpus, clip_count, split_sizes
 
     try:
         split_sizes(clip_count(args.hours))
     except ValueError as error:
-        return _fail(f"--hours {args.hours}: {error}")
+        return _fail("build", f"--hours {args.hours}: {error}")
     try:
         manifest = build_corpus(args.out, args.hours, args.seed, args.soundfont,
                                 progress=not args.quiet, workers=args.workers)
     except (CorpusError, OSError) as error:
-        return _fail(str(error))
+        return _fail("build", str(error))
     print(f"manifest: {manifest}")
     return 0
 
 
-def _fail(message: str) -> int:
-    print(f"hybridsep corpus build: error: {message}", file=sys.stderr)
+def _fail(action: str, message: str) -> int:
+    print(f"hybridsep corpus {action}: error: {message}", file=sys.stderr)
     return EXIT_USAGE

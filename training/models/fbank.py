@@ -5,8 +5,8 @@ frame_length=25, frame_shift=10)` and Kaldi's `compute-fbank-feats` with dither 
 snip_edges, DC offset removed per frame, pre-emphasis, Povey window, zero padding to a power of two,
 power spectrum, triangular filters on Kaldi's mel scale, natural log floored at float epsilon, no energy.
 
-Every step between frame extraction and the power spectrum is linear in the frame, so DC removal,
-pre-emphasis, window and the real DFT fold into one matrix that multiplies the gathered frames.
+DC removal and pre-emphasis are applied to the gathered frames; the window is folded into the DFT matrix
+that multiplies them, which an exported graph computes instead of storing (`computed_in_graph`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.models.stft import frame_signal
+from training.models.stft import computed_in_graph, frame_signal, onnx_windowed_dft_basis, windowed_dft_basis
 
 # Kaldi FrameExtractionOptions / MelBanksOptions defaults (feature-window.h, mel-computations.h).
 PREEMPHASIS = 0.97
@@ -38,24 +38,6 @@ def povey_window(length: int) -> np.ndarray:
     """Kaldi's "povey" window: a Hann window over length - 1 raised to 0.85."""
     hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / (length - 1))
     return hann**POVEY_EXPONENT
-
-
-def frame_to_spectrum_matrix(frame_length: int, fft_size: int) -> np.ndarray:
-    """(fft_size, frame_length): one frame of raw samples -> real parts, then imaginary parts, of its DFT.
-
-    Folds DC removal, pre-emphasis (x[i] -= 0.97 x[i-1], x[0] -= 0.97 x[0]), the Povey window and the
-    zero-padded DFT. Bins 0 .. fft_size // 2 - 1 only: Kaldi's mel filters give the Nyquist bin no weight.
-    """
-    identity = np.eye(frame_length)
-    remove_dc = identity - np.full((frame_length, frame_length), 1.0 / frame_length)
-    preemphasis = identity - PREEMPHASIS * np.eye(frame_length, k=-1)
-    preemphasis[0, 0] -= PREEMPHASIS
-    window = np.diag(povey_window(frame_length))
-    bins = np.arange(fft_size // 2)[:, None]
-    samples = np.arange(frame_length)[None, :]
-    angles = 2 * np.pi * ((bins * samples) % fft_size) / fft_size
-    dft = np.concatenate([np.cos(angles), -np.sin(angles)])
-    return dft @ window @ preemphasis @ remove_dc
 
 
 def kaldi_mel_filters(
@@ -93,9 +75,12 @@ class KaldiFbank(nn.Module):
         self.frame_length = int(sample_rate * 0.001 * frame_length_ms)
         self.frame_shift = int(sample_rate * 0.001 * frame_shift_ms)
         self.fft_size = 1 << math.ceil(math.log2(self.frame_length))  # round_to_power_of_two
-        spectrum = frame_to_spectrum_matrix(self.frame_length, self.fft_size)
+        self.window = povey_window(self.frame_length)
+        # Bins 0 .. fft_size // 2 - 1 only: Kaldi's mel filters give the Nyquist bin no weight.
+        self.num_bins = self.fft_size // 2
+        spectrum = windowed_dft_basis(self.window, self.fft_size, self.num_bins)  # (frame_length, fft_size)
         filters = kaldi_mel_filters(num_mel_bins, self.fft_size, sample_rate, LOW_FREQ_HZ, sample_rate / 2)
-        self.register_buffer("frame_to_spectrum", torch.tensor(spectrum.T, dtype=torch.float32), persistent=False)
+        self.register_buffer("windowed_dft", torch.tensor(spectrum, dtype=torch.float32), persistent=False)
         self.register_buffer("mel_filters", torch.tensor(filters.T, dtype=torch.float32), persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
@@ -103,7 +88,12 @@ class KaldiFbank(nn.Module):
         if not torch.jit.is_tracing() and wave.shape[-1] < self.frame_length:
             raise ValueError(f"KaldiFbank needs at least {self.frame_length} samples, got {wave.shape[-1]}")
         frames = frame_signal(wave, self.frame_length, self.frame_shift)  # (B, frames, frame_length)
-        spectrum = torch.matmul(frames, self.frame_to_spectrum)  # (B, frames, fft_size), real then imaginary
+        frames = frames - frames.mean(dim=-1, keepdim=True)  # DC offset
+        # Pre-emphasis x[i] -= 0.97 x[i - 1], and x[0] -= 0.97 x[0].
+        frames = frames - PREEMPHASIS * torch.cat((frames[..., :1], frames[..., :-1]), dim=-1)
+        basis = computed_in_graph(self.windowed_dft,
+                                  lambda g: onnx_windowed_dft_basis(g, self.window, self.fft_size, self.num_bins))
+        spectrum = torch.matmul(frames, basis)  # (B, frames, fft_size), real then imaginary
         real, imag = spectrum.chunk(2, dim=-1)
         power = real * real + imag * imag
         mel_energies = torch.matmul(power, self.mel_filters)

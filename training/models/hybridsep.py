@@ -8,6 +8,7 @@ The `one_stage` ablation feeds the text embedding straight to the ASM (no FE / A
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from hybridsep_rt.atomic import atomic_path
-from training.config import HybridSepConfig
+from training.config import HybridSepConfig, with_overrides
 from training.models.aet import AudioEmbeddingTransformer, FeatureExtractor
 from training.models.asm import AudioSeparationModel
 from training.models.beats import BEATs
@@ -25,6 +26,8 @@ from training.models.denoiser import ConditionalDenoiser
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 CLAP_FOLDER = "clap"
+DROPS = {"one_stage": ("fe.", "aet."), "no_cd": ("cd.",)}  # ablation switch -> the weights it drops
+INIT_OVERRIDES = {"discriminator", *DROPS}
 
 
 def freeze(module: nn.Module) -> None:
@@ -95,7 +98,11 @@ class HybridSep(nn.Module):
         self.clap.save_pretrained(folder / CLAP_FOLDER)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> "HybridSep":
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu",
+                        overrides: dict | None = None) -> "HybridSep":
+        """Loads a saved model. `overrides` may change what the saved weights do not fix: the discriminator's
+        settings, and the ablations that drop a part (one_stage drops FE + AET, no_cd drops the CD), so an
+        ablation starts from the same trained encoders as the full model."""
         folder = Path(folder)
         for name in (CONFIG_FILE, WEIGHTS_FILE, CLAP_FOLDER):
             if not (folder / name).exists():
@@ -104,6 +111,14 @@ class HybridSep(nn.Module):
             cfg = HybridSepConfig.load(folder / CONFIG_FILE)
         except (json.JSONDecodeError, TypeError) as e:
             raise ValueError(f"{folder / CONFIG_FILE} is not a valid Hybrid-Sep config: {e}") from e
+        new = with_overrides(cfg, overrides or {})
+        changed = {f.name for f in dataclasses.fields(cfg) if getattr(new, f.name) != getattr(cfg, f.name)}
+        fixed = sorted(k for k in changed if k not in INIT_OVERRIDES or (k in DROPS and not getattr(new, k)))
+        if fixed:
+            raise ValueError(f"model settings {fixed} cannot change when starting from {folder}: only the "
+                             "discriminator, one_stage=true and no_cd=true can")
+        dropped = tuple(prefix for key in changed & set(DROPS) for prefix in DROPS[key])
+        cfg = new
         model = cls(cfg, clap=load_audio_text_encoder(folder / CLAP_FOLDER, input_rate=cfg.sample_rate))
         try:
             state = torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True)
@@ -111,6 +126,7 @@ class HybridSep(nn.Module):
             raise ValueError(f"{folder / WEIGHTS_FILE} cannot be read as a torch checkpoint: {e}") from e
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("clap.")]
+        unexpected = [k for k in unexpected if not k.startswith(dropped)]
         if missing or unexpected:
             raise ValueError(f"{folder / WEIGHTS_FILE} does not match its config: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
