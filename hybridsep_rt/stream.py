@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import os
 import signal
@@ -68,6 +69,7 @@ MAIN_LOOP_SECONDS = 0.1  # how often the main thread looks at the stream, the de
 PULSE_CHECK_SECONDS = 0.5  # how often the PulseAudio source/sink in use is looked for on the server
 STALL_MIN_SECONDS = 2.0  # no callback for this long (or 20 blocks, if longer) means the device is gone
 RECONNECT_INTERVAL_SECONDS = 1.0  # how often a lost device is looked for with --reconnect
+CLOSE_TIMEOUT_SECONDS = 5.0  # how long closing the streams may take before a stuck device is left behind
 STREAM_THREADS = max(1, (os.cpu_count() or 1) - 1)  # default model threads: one core is left to the audio
 RATE_ADAPTER_PREFILL_BLOCKS = 2  # output blocks buffered by a RateAdapter to absorb the resamplers' jitter
 RATE_ADAPTER_CALIBRATION_SECONDS = 1.0  # silence run through a RateAdapter's resamplers to measure their bursts
@@ -479,14 +481,17 @@ class AudioHost:
             self._bridge = RingBuffer(self.channels, capacity)
         self._bridge.discard(self._bridge.available)
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> bool:
+        """Abort and close the streams. Returns False when PortAudio has not returned within ``timeout``
+        seconds (a driver stuck on a vanished device): the streams are then left to a background thread."""
         self._closing = True
-        for stream in self.streams:
-            with contextlib.suppress(Exception):  # a stream whose device vanished may fail to stop
-                stream.abort(ignore_errors=True)
-            with contextlib.suppress(Exception):
-                stream.close(ignore_errors=True)
-        self.streams = []
+        streams, self.streams = self.streams, []
+        if not streams:
+            return True
+        closer = threading.Thread(target=_abort_and_close, args=(streams,), name="hybridsep-close", daemon=True)
+        closer.start()
+        closer.join(timeout)
+        return not closer.is_alive()
 
     # -------------------------------------------------------------- health
 
@@ -530,6 +535,14 @@ class AudioHost:
         except DeviceError:
             return False
         return self.input_device.index is not None and self.output_device.index is not None
+
+
+def _abort_and_close(streams: list) -> None:
+    for stream in streams:
+        with contextlib.suppress(Exception):  # a stream whose device vanished may fail to stop
+            stream.abort(ignore_errors=True)
+        with contextlib.suppress(Exception):
+            stream.close(ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- the command
@@ -579,6 +592,7 @@ class StreamSession:
             self.last_problem = f"reopening failed: {e}"
             return
         self.reconnects += 1
+        _install_stop_signal(self.stop_requested)
         _log(f"reconnected: streaming {host.input_device.name} -> {host.output_device.name} again "
              f"(latency {self.engine.latency_seconds:.2f} s)")
 
@@ -661,8 +675,11 @@ def _separator_and_query(args):
 
 
 def _install_stop_signal(event: threading.Event) -> None:
+    """SIGTERM stops the stream; SIGINT (Ctrl-C) gets Python's handler back, which native audio code that
+    opens a device may have replaced. Called at start and after every (re)open."""
     with contextlib.suppress(ValueError):  # only the main thread may set signal handlers
         signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def stream(args) -> int:
@@ -694,7 +711,9 @@ def stream(args) -> int:
     session = StreamSession(args, engine, host, [r for r, _ in recorders], input_device.name, output_device.name)
     server = None
     exit_status = 0
+    closed = True
     _install_stop_signal(session.stop_requested)
+    faulthandler.enable()  # a crash or SIGABRT in native audio code prints every thread's Python stack
     try:
         if args.control_port is not None:
             server = ControlServer(session.controller, args.control_port)
@@ -711,6 +730,7 @@ def stream(args) -> int:
         for recorder in session.recorders:
             recorder.rate = host.samplerate  # what the callback sees (the model's rate unless adapted)
             recorder.start()
+        _install_stop_signal(session.stop_requested)
         if host.streams:
             timing = engine.timing
             _log(f"streaming {input_device.name} -> {output_device.name}: {host.samplerate} Hz (model {rate} Hz), "
@@ -723,7 +743,9 @@ def stream(args) -> int:
         _log("stopping (Ctrl-C)")
     finally:
         session.stopped = True
-        host.close()
+        closed = host.close()
+        if not closed:
+            _log(f"the audio devices did not close within {CLOSE_TIMEOUT_SECONDS:.0f} s; leaving them behind")
         engine.stop()
         if server is not None:
             server.close()
@@ -737,6 +759,9 @@ def stream(args) -> int:
             atomic_write_text(args.stats_json, json.dumps(session.describe(), indent=2, sort_keys=True) + "\n")
             os.chmod(args.stats_json, 0o666 & ~_UMASK)
         _log("final: " + session.status_line())
+    if not closed:  # PortAudio would wait for the stuck streams when the interpreter exits
+        sys.stdout.flush()
+        os._exit(exit_status)
     return exit_status
 
 
@@ -759,7 +784,8 @@ def _main_loop(session: StreamSession) -> int:
         problem = host.problem()
         if problem is None:
             continue
-        host.close()
+        if not host.close():
+            problem += f"; its stream did not close within {CLOSE_TIMEOUT_SECONDS:.0f} s and was left behind"
         if not args.reconnect:
             session.devices_lost += 1
             session.last_problem = problem

@@ -3,7 +3,7 @@
 # full model and of the two ablations (1-stage, w/o CD) at the same budget, export and the evaluation
 # table (docs/eval). Every run resumes where it stopped, so the script can be rerun to go on; STOP2 is the
 # stage-2 step every stage-2 run trains to this time (its schedule spans 3000 steps).
-#   STOP2=600 THREADS=2 scripts/train_default.sh
+#   STOP2=800 THREADS=2 scripts/train_default.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hs=.venv/bin/hybridsep

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from hybridsep_rt.control import HELP, Controller, ControlServer
 from hybridsep_rt.engine import EngineConfig, Query, StreamingEngine
 from hybridsep_rt.overlap import separate_offline
 from hybridsep_rt.separator import OnnxSeparator
-from hybridsep_rt.stream import RateAdapter, Recorder
+from hybridsep_rt.stream import AudioHost, RateAdapter, Recorder
 from tests.pulse import pulse_server, stop_recording
 
 RATE = 16000
@@ -115,14 +116,33 @@ class StreamProcess:
         self.process.stdin.flush()
 
     def finish(self, timeout: float = 30.0) -> int:
+        """The exit status; a process still running after ``timeout`` gets SIGABRT, so that its threads'
+        stacks (faulthandler) are in the failure message."""
         try:
             return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            masks = signal_masks(self.process.pid)
+            self.process.send_signal(signal.SIGABRT)
+            self.process.wait(10)
+            time.sleep(0.5)  # the reader thread takes the last lines
+            raise AssertionError(f"the stream did not exit within {timeout} s; signal masks (SIGINT blocked, "
+                                 f"ignored, caught per thread): {masks}; stderr:\n{self.stderr()}") from None
         finally:
             if self.process.poll() is None:
                 self.process.kill()
 
     def stderr(self) -> str:
         return "\n".join(self.lines)
+
+
+def signal_masks(pid: int) -> list[str]:
+    """Per thread of ``pid``: its name and whether SIGINT is blocked, ignored and caught (/proc)."""
+    masks = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        status = dict(line.split(":\t", 1) for line in (task / "status").read_text().splitlines() if ":\t" in line)
+        bits = ["SigBlk", "SigIgn", "SigCgt"]
+        masks.append(status["Name"].strip() + " " + "".join("1" if int(status[b], 16) & 2 else "0" for b in bits))
+    return masks
 
 
 def streaming_latency(stream: StreamProcess) -> float:
@@ -380,6 +400,38 @@ def test_recorder_writes_what_the_callback_pushed_and_finalises_the_file(tmp_pat
     assert [p.name for p in tmp_path.iterdir()] == ["take.wav"]
     with pytest.raises(ValueError, match="unknown audio file extension"):
         Recorder(tmp_path / "take.xyz", RATE, 2)
+
+
+class StuckStream:
+    """A PortAudio stream stand-in whose abort blocks until released, like a driver stuck on a lost device."""
+
+    def __init__(self, release: threading.Event):
+        self.release, self.closed = release, False
+
+    def abort(self, ignore_errors=True):
+        self.release.wait()
+
+    def close(self, ignore_errors=True):
+        self.closed = True
+
+
+def test_closing_a_stuck_stream_gives_up_after_the_timeout():
+    engine = types.SimpleNamespace(timing=types.SimpleNamespace(sample_rate=RATE))
+    host = AudioHost(engine, None, None, 1, 512, 0.1, [])
+    release = threading.Event()
+    host.streams = [StuckStream(release), StuckStream(release)]
+    stuck = list(host.streams)
+    started = time.monotonic()
+    assert host.close(timeout=0.3) is False
+    assert 0.3 <= time.monotonic() - started < 2.0
+    assert host.streams == [] and host.problem() == "the stream is closed"
+    release.set()  # the driver comes back: the streams left behind get closed
+    deadline = time.monotonic() + 5
+    while not all(s.closed for s in stuck) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(s.closed for s in stuck)
+    host.streams = [StuckStream(release)]
+    assert host.close(timeout=0.3) is True and host.streams == []
 
 
 def _umask() -> int:
