@@ -117,7 +117,7 @@ class StreamProcess:
 
     def finish(self, timeout: float = 30.0) -> int:
         """The exit status; a process still running after ``timeout`` gets SIGABRT, so that its threads'
-        stacks (faulthandler) are in the failure message."""
+        SIGINT masks and stacks (faulthandler) are in the failure message."""
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -139,7 +139,11 @@ def signal_masks(pid: int) -> list[str]:
     """Per thread of ``pid``: its name and whether SIGINT is blocked, ignored and caught (/proc)."""
     masks = []
     for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
-        status = dict(line.split(":\t", 1) for line in (task / "status").read_text().splitlines() if ":\t" in line)
+        try:  # a thread (or the process) may end while it is read
+            text = (task / "status").read_text()
+        except OSError:
+            continue
+        status = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
         bits = ["SigBlk", "SigIgn", "SigCgt"]
         masks.append(status["Name"].strip() + " " + "".join("1" if int(status[b], 16) & 2 else "0" for b in bits))
     return masks
