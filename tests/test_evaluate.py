@@ -286,6 +286,40 @@ def test_evaluate_separators_and_report(tmp_path):
     assert len(rows) == 4 * 6 and set(ev.METRICS) <= set(rows[0])
 
 
+class EchoSeparator(FakeSeparator):
+    """Outputs the mixture for one query and silence for every other: a system that follows the query."""
+
+    def __init__(self, keep: str, **kwargs):
+        super().__init__(**kwargs)
+        self.keep = keep
+
+    def separate(self, window, condition):
+        return window if condition == self.keep else 0.0 * window
+
+
+def test_other_query_control_row(tmp_path):
+    manifest = _write_corpus(tmp_path)
+    examples = ev.make_test_set(manifest, "test", "keyword", 6, 0, RATE, segment_seconds=SECONDS, progress=False)
+    queries = sorted({example.query for example in examples})
+    assert len(queries) >= 2
+    follower = ev.offline_system(EchoSeparator(queries[0]), RATE)
+    control = ev.other_query_system(follower, [example.query for example in examples])
+    mixture = examples[0].mixture
+    np.testing.assert_allclose(control(mixture, queries[-1]), mixture, atol=1e-5)  # the last query's other is the first
+    assert not np.any(control(mixture, queries[0]))
+    with pytest.raises(ValueError, match="two distinct"):
+        ev.other_query_system(follower, ["a dog", "a dog"])
+
+    separators = {"half": FakeSeparator(), "whole": FakeSeparator(gain=1.0)}
+    results = ev.evaluate_separators(separators, manifest, "test", {"keyword": 6, "caption": 0}, seed=0,
+                                     segment_seconds=SECONDS, progress=False, other_query="half")
+    ka = results["KA"]
+    assert ka.systems == [ev.NO_PROCESSING, ev.ORACLE_IRM, "half", "whole", "half, other query"]
+    np.testing.assert_allclose(ka.scores["half, other query"]["sdri"], ka.scores["half"]["sdri"])  # query-blind
+    with pytest.raises(ValueError, match="not one of the bundles"):
+        ev.evaluate_separators(separators, manifest, "test", {"keyword": 6, "caption": 0}, other_query="nope")
+
+
 def test_eval_command(tmp_path, monkeypatch, capsys):
     manifest = _write_corpus(tmp_path)
     module = types.ModuleType("hybridsep_rt.separator")
@@ -295,9 +329,10 @@ def test_eval_command(tmp_path, monkeypatch, capsys):
     ev.add_arguments(parser)
     out = tmp_path / "report"
     args = parser.parse_args(["--manifest", str(manifest), "--bundle", f"tiny={tmp_path}", "--keyword-n", "5",
-                              "--caption-n", "0", "--seed", "1", "-o", str(out), "--quiet"])
+                              "--caption-n", "0", "--seed", "1", "-o", str(out), "--quiet",
+                              "--other-query", "tiny"])
     assert ev.run(args) == 0
-    assert "| tiny |" in (out / "table.md").read_text()
+    assert "| tiny |" in (out / "table.md").read_text() and "| tiny, other query |" in (out / "table.md").read_text()
     assert (out / "examples_KA.csv").is_file() and not (out / "examples_DE-S-like.csv").exists()
     assert "| System |" in capsys.readouterr().out
     duplicate = parser.parse_args(["--manifest", str(manifest), "--bundle", "a=x", "--bundle", "a=y", "-o", str(out)])

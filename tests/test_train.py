@@ -67,6 +67,32 @@ def test_stage_chain_and_ablations(manifest, tmp_path):
         train(config(manifest, tmp_path / "x", "stage1", "model.one_stage=true"), progress=False)
 
 
+def test_stage2_warmup_trains_the_asm_alone(manifest, tmp_path):
+    """warmup_steps: the first steps train the ASM on L1 and leave D and the CD as they are; then Algorithm 1."""
+    from training.stages import build_stage
+
+    cfg = config(manifest, tmp_path / "w", "stage2", "warmup_steps=1")
+    torch.manual_seed(0)
+    stage = build_stage(cfg, DistributedEnv())
+
+    def snapshot(module):
+        return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+    def changed(before, module):
+        return any(not torch.equal(before[n], p) for n, p in module.named_parameters())
+
+    parts = {"asm": stage.model.asm, "cd": stage.model.cd, "d": stage.discriminator}
+    before = {k: snapshot(m) for k, m in parts.items()}
+    batch = stage.collate([stage.train_set[i] for i in range(cfg.batch_size)])
+    scalars = stage.train_step(batch, 0)
+    assert set(scalars) == {"l1", "grad_norm_g"}
+    assert changed(before["asm"], parts["asm"])
+    assert not changed(before["cd"], parts["cd"]) and not changed(before["d"], parts["d"])
+    scalars = stage.train_step(batch, 1)
+    assert {"loss_d", "adv", "consist"} <= set(scalars)
+    assert changed(before["cd"], parts["cd"]) and changed(before["d"], parts["d"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,14 +130,17 @@ def run_gradient_step(cfg_path: Path, out: Path, world: int) -> dict:
     return torch.load(out, weights_only=True)
 
 
-def test_two_process_gloo_step_equals_one_process(manifest, tmp_path):
-    """The same global batch of 4 on 1 process and on 2 gloo processes gives the same ASM + CD gradients."""
-    cfg = config(manifest, tmp_path / "ddp", "stage2", "batch_size=4", "steps=1")
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_two_process_gloo_step_equals_one_process(manifest, tmp_path, warmup):
+    """The same global batch of 4 on 1 process and on 2 gloo processes gives the same ASM + CD gradients
+    (ASM only in a warm-up step)."""
+    cfg = config(manifest, tmp_path / "ddp", "stage2", "batch_size=4", "steps=1", f"warmup_steps={warmup}")
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(__import__("json").dumps(__import__("dataclasses").asdict(cfg)))
     single = run_gradient_step(cfg_path, tmp_path / "one.pt", 1)
     double = run_gradient_step(cfg_path, tmp_path / "two.pt", 2)
     assert single.keys() == double.keys() and len(single) > 50
+    assert any(name.startswith("cd.") for name in single) == (warmup == 0)
     for name in single:
         torch.testing.assert_close(double[name], single[name], rtol=1e-4, atol=1e-6, msg=name)
 

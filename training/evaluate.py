@@ -420,6 +420,20 @@ def offline_system(separator: Separator, input_rate: int, hop_seconds: float | N
     return separate
 
 
+def other_query_system(system: System, queries: Sequence[str]) -> System:
+    """`system` given another query than the example's: the next of the test set's distinct queries in sorted
+    order. Its row is the control of query use: a system that ignores the query scores the same there."""
+    distinct = sorted(set(queries))
+    if len(distinct) < 2:
+        raise ValueError("the other-query control needs a test set with at least two distinct queries")
+    other = {query: distinct[(i + 1) % len(distinct)] for i, query in enumerate(distinct)}
+    return lambda mixture, query: system(mixture, other[query])
+
+
+def other_query_name(system: str) -> str:
+    return f"{system}, other query"
+
+
 def clap_embedders(separator: Any, input_rate: int) -> tuple[EmbedAudio, EmbedText]:
     """The CLAPScore embedders of a bundle: its own `audio_encoder.onnx` and `text_encoder.onnx`.
 
@@ -452,14 +466,18 @@ def evaluate_separators(
     segment_seconds: float | None = None,
     lookahead_seconds: float | None = None,
     progress: bool = True,
+    other_query: str | None = None,
 ) -> dict[str, EvalResults]:
     """Evaluate separators on the KA and DE-S-like sets drawn at the first separator's rate.
 
     `sizes` maps "keyword" / "caption" to the number of mixtures (0 skips the set; default 300 each).
-    CLAP embeddings come from the first separator (`clap_embedders`).
+    CLAP embeddings come from the first separator (`clap_embedders`). `other_query` names a separator that also
+    gets a control row, "NAME, other query" (`other_query_system`).
     """
     if not separators:
         raise ValueError("no separators to evaluate")
+    if other_query is not None and other_query not in separators:
+        raise ValueError(f"--other-query {other_query!r} is not one of the bundles {sorted(separators)}")
     sizes = dict(sizes or {"keyword": 300, "caption": 300})
     first = next(iter(separators.values()))
     rate = first.sample_rate
@@ -476,7 +494,11 @@ def evaluate_separators(
             cache = Path(cache_dir) / f"{kind}_{split}_n{n}_seed{seed}_{rate}hz.npz"
         examples = make_test_set(manifest, split, kind, n, seed, rate, cache=cache,
                                  segment_seconds=segment_seconds, progress=progress)
-        results[name] = evaluate(systems, examples, embed_audio, embed_text, progress=progress,
+        rows = dict(systems)
+        if other_query is not None:
+            rows[other_query_name(other_query)] = other_query_system(systems[other_query],
+                                                                     [example.query for example in examples])
+        results[name] = evaluate(rows, examples, embed_audio, embed_text, progress=progress,
                                  description=f"evaluating {name}")
     return results
 
@@ -550,6 +572,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score what streaming outputs: a window counts for a sample only up to hop + lookahead "
                              "after it (`hybridsep stream` defaults: --hop-seconds 1 --lookahead-seconds 1); "
                              "default: every covering window")
+    parser.add_argument("--other-query", metavar="NAME", default=None,
+                        help="add a control row for bundle NAME separating every mixture with another class's query "
+                             "(the next distinct query of the test set): a model that ignores the query scores the "
+                             "same there")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -568,7 +594,7 @@ def run(args: argparse.Namespace) -> int:
         results = evaluate_separators(
             separators, args.manifest, args.split, {"keyword": args.keyword_n, "caption": args.caption_n},
             args.seed, args.cache, args.hop_seconds, lookahead_seconds=args.lookahead_seconds,
-            progress=not args.quiet,
+            progress=not args.quiet, other_query=args.other_query,
         )
     except (BundleError, OSError, ValueError) as error:
         return _fail(str(error))

@@ -78,7 +78,9 @@ class Stage:
             self._wrapped[name] = module
             if self.env.world_size > 1:
                 ids = [self.env.device.index] if self.env.device.type == "cuda" else None
-                self._wrapped[name] = DistributedDataParallel(module, device_ids=ids)
+                # warm-up steps leave the CD out of the generator's graph
+                self._wrapped[name] = DistributedDataParallel(module, device_ids=ids,
+                                                              find_unused_parameters=self.cfg.warmup_steps > 0)
 
     def run(self, name: str) -> nn.Module:
         """The module to call in a training step (its DDP wrapper when distributed)."""
@@ -313,6 +315,8 @@ class AdversarialConsistentStage(Stage):
         self.discriminator.train()
         mixture, target = batch["mixture"], batch["target"]
         emb = self.condition_embedding(batch)
+        if step < self.cfg.warmup_steps:
+            return self.warmup_step(mixture, target, emb)
         disc = self.run("discriminator")
 
         # Phase 1: train D.
@@ -352,6 +356,14 @@ class AdversarialConsistentStage(Stage):
         norm_g = self.step_optimizer(self.opt_g, loss)
         return {"loss_d": loss_d.item(), "adv": loss_adv.item(), "l1": loss_l1.item(), **scalars, "loss": loss.item(),
                 "grad_norm_g": norm_g, "grad_norm_d": norm_d}
+
+    def warmup_step(self, mixture: torch.Tensor, target: torch.Tensor, emb: torch.Tensor) -> dict:
+        """A warm-up step (`warmup_steps`): L1 alone on the ASM; D and the CD wait."""
+        with self.autocast():
+            generated, _, _ = self.run("generator")(mixture, emb)
+        loss_l1 = (generated.float() - target).abs().mean()
+        norm_g = self.step_optimizer(self.opt_g, self.cfg.lambda_l1 * loss_l1)
+        return {"l1": loss_l1.item(), "grad_norm_g": norm_g}
 
     @torch.no_grad()
     def evaluate(self) -> dict:

@@ -2,7 +2,7 @@
 
 mixture (B, N) -> PQMF (4 subbands) -> STFT per subband -> compressed spectrogram (B, T, F, 8)
    ++ BEATs frame features projected per bin (B, T, F, side)
--> TRCNN x4 (down) -> [FA, TEACA] x4 -> TRCNN x4 (up, skip connections)
+-> TRCNN x4 (down) -> [FA, TEACA] x4 -> TRCNN x4 (up, skip connections, a TEACA after each skip)
 -> complex ratio mask (B, T, F, 8) x mixture spectrogram -> iSTFT -> iPQMF -> separated (B, N)
 The decoder's four feature maps are projected per frame to the CD's condition vectors.
 """
@@ -89,7 +89,12 @@ class FrameToBins(nn.Module):
 
 
 class TRCNNStack(nn.Module):
-    """The U-shaped interleaved stack: TRCNN x4 down, [FA (+ TEACA)] x fa_layers at the bottleneck, TRCNN x4 up.
+    """The U-shaped interleaved stack: TRCNN x4 down, [FA (+ TEACA)] x fa_layers at the bottleneck, TRCNN x4 up
+    (+ a TEACA after each of the three skip connections).
+
+    The paper names TEACA one of the stack's interleaved module types without placing it. With TEACA at the
+    bottleneck only, the skips give the decoder a path to the mask that never meets the query; a TEACA after
+    every skip gives the query a say at each scale.
 
     Input (B, T, F, in_channels) over the stack's F = n_fft / 2 bins. With `embedding_dim` None it has no TEACA:
     that is the conditional denoiser's "streamlined variant" (2.2). Returns the output map
@@ -107,11 +112,15 @@ class TRCNNStack(nn.Module):
         width, f = cfg.channels[3], bins[4]
         self.fa = nn.ModuleList(
             FrequencyAxisAttention(width, f, cfg.fa_heads, cfg.fa_kernel, cfg.fa_ffn_mult) for _ in range(cfg.fa_layers))
-        self.teaca = None
+        self.teaca = self.decoder_teaca = None
         if embedding_dim is not None:
             self.teaca = nn.ModuleList(
                 TargetEmbeddingCrossAttention(width, embedding_dim, cfg.teaca_dim, cfg.teaca_heads)
                 for _ in range(cfg.fa_layers))
+            # One TEACA after each skip connection: the skips carry encoder features that never met the query.
+            self.decoder_teaca = nn.ModuleList(
+                TargetEmbeddingCrossAttention(cfg.channels[4 + i], embedding_dim, cfg.teaca_dim, cfg.teaca_heads)
+                for i in range(3))
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None):
         skips = []
@@ -127,6 +136,8 @@ class TRCNNStack(nn.Module):
             x = block(x)
             if i < 3:
                 x = x + skips[2 - i]
+                if self.decoder_teaca is not None:
+                    x = self.decoder_teaca[i](x, embedding)
             maps.append(x)
         return x, maps
 

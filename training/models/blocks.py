@@ -132,6 +132,9 @@ class TargetEmbeddingCrossAttention(nn.Module):
     def __init__(self, channels: int, embedding_dim: int, dim: int, heads: int):
         super().__init__()
         self.query = nn.Linear(embedding_dim, dim)
+        # A unit-norm embedding has entries of about 1/sqrt(E): normalised, the query's size no longer shrinks the
+        # attention to a plain average and the query's share of the context to nothing.
+        self.query_norm = nn.LayerNorm(dim)
         self.key_norm = nn.LayerNorm(channels)
         self.attn = MultiHeadAttention(dim, heads, kv_dim=channels)
         self.film = nn.Linear(dim, 2 * channels)
@@ -139,7 +142,7 @@ class TargetEmbeddingCrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         b, t, f, c = x.shape
         keys = self.key_norm(x.reshape(b * t, f, c))
-        q = self.query(embedding)  # (B, dim)
+        q = self.query_norm(self.query(embedding))  # (B, dim)
         q = q[:, None, None, :].expand(b, t, 1, q.shape[-1]).reshape(b * t, 1, q.shape[-1])
         context = self.attn(q, keys, keys) + q  # (B*T, 1, dim)
         scale, shift = self.film(context).reshape(b, t, 1, 2 * c).chunk(2, dim=-1)  # (B, T, 1, C) each
