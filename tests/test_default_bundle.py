@@ -21,7 +21,8 @@ def test_default_bundle_is_complete_and_small():
     assert bundle.sample_rate == 44100 and bundle.window_samples == 10 * 44100
     provenance = bundle.provenance
     assert provenance["git_commit"]
-    assert [run["stage"] for run in provenance["training"]] == ["stage2", "stage1", "stage0"]
+    stages = [run["stage"] for run in provenance["training"]]  # newest first; stage 2 may span several runs
+    assert stages[0] == "stage2" and stages[-2:] == ["stage1", "stage0"] and set(stages[:-2]) == {"stage2"}
     assert all(run["steps_done"] > 0 for run in provenance["training"])
     offline = provenance["evaluation"]["offline"]
     assert offline["KA"]["n"] >= 300 and offline["DE-S-like"]["n"] >= 300

@@ -51,7 +51,7 @@ class TrainConfig:
     lambda_l1: float = 1.0  # paper 2.2: "lambda_L1 is set to 1"
     consist_weight: float = 1.0  # global factor on lambda_consist(k) (schedules.py)
     warmup_steps: int = 0  # stage 2: the first steps train the ASM on L1 alone (no discriminator, no CD; not in
-    # the paper): a query-following generator at a quarter of a full step's cost before adversarial training
+    # the paper): a query-following generator at a sixth of a full step's cost before adversarial training
     target_embedding: str = "clap"  # stage 2: "clap" (teacher forcing, Fig. 1) or "aet" (stage-1 predictions)
     segment_seconds: float | None = None  # training crop length; None = the model's window (paper 3.1: 10 s)
     seed: int = 0
