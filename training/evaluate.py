@@ -430,10 +430,6 @@ def other_query_system(system: System, queries: Sequence[str]) -> System:
     return lambda mixture, query: system(mixture, other[query])
 
 
-def other_query_name(system: str) -> str:
-    return f"{system}, other query"
-
-
 def clap_embedders(separator: Any, input_rate: int) -> tuple[EmbedAudio, EmbedText]:
     """The CLAPScore embedders of a bundle: its own `audio_encoder.onnx` and `text_encoder.onnx`.
 
@@ -496,7 +492,7 @@ def evaluate_separators(
                                  segment_seconds=segment_seconds, progress=progress)
         rows = dict(systems)
         if other_query is not None:
-            rows[other_query_name(other_query)] = other_query_system(systems[other_query],
+            rows[f"{other_query}, other query"] = other_query_system(systems[other_query],
                                                                      [example.query for example in examples])
         results[name] = evaluate(rows, examples, embed_audio, embed_text, progress=progress,
                                  description=f"evaluating {name}")

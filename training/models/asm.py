@@ -117,7 +117,6 @@ class TRCNNStack(nn.Module):
             self.teaca = nn.ModuleList(
                 TargetEmbeddingCrossAttention(width, embedding_dim, cfg.teaca_dim, cfg.teaca_heads)
                 for _ in range(cfg.fa_layers))
-            # One TEACA after each skip connection: the skips carry encoder features that never met the query.
             self.decoder_teaca = nn.ModuleList(
                 TargetEmbeddingCrossAttention(cfg.channels[4 + i], embedding_dim, cfg.teaca_dim, cfg.teaca_heads)
                 for i in range(3))
