@@ -489,6 +489,7 @@ class AudioHost:
         if not streams:
             return True
         closer = threading.Thread(target=_abort_and_close, args=(streams,), name="hybridsep-close", daemon=True)
+        _closers.append(closer)
         closer.start()
         closer.join(timeout)
         return not closer.is_alive()
@@ -523,9 +524,12 @@ class AudioHost:
         return None
 
     def devices_back(self) -> bool:
-        """With a lost device: True once both devices can be opened again (PortAudio re-scanned)."""
+        """With a lost device: True once both devices can be opened again (PortAudio re-scanned). False while a
+        stream of a stuck driver is still closing (PortAudio must not be re-initialised then)."""
         from hybridsep_rt.devices import DeviceError, device_present, refreshed, reinitialise_portaudio
 
+        if streams_closing():
+            return False
         if any(device_present(d) is False for d in (self.input_device, self.output_device)):
             return False
         reinitialise_portaudio()
@@ -535,6 +539,16 @@ class AudioHost:
         except DeviceError:
             return False
         return self.input_device.index is not None and self.output_device.index is not None
+
+
+_closers: list[threading.Thread] = []  # the threads of AudioHost.close, also those left behind by a timeout
+
+
+def streams_closing() -> bool:
+    """Whether a stream that AudioHost.close gave up waiting for is still closing (its driver has not returned).
+    PortAudio must not be terminated or re-initialised while one is."""
+    _closers[:] = [thread for thread in _closers if thread.is_alive()]
+    return bool(_closers)
 
 
 def _abort_and_close(streams: list) -> None:

@@ -311,6 +311,41 @@ def test_refresh_rescans_the_devices_and_streams_again(qtbot, live, rig):
     assert live.devices.input.currentData() == f"pulse:{rig.mic.monitor}"
 
 
+def test_refresh_while_a_stuck_stream_is_still_closing_reopens_and_says_why(monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    import gui.live
+    from gui.live import LiveController
+    from hybridsep_rt.stream import AudioHost, streams_closing
+
+    release = threading.Event()
+
+    class StuckStream:  # a driver that does not return from abort (a vanished device)
+        def abort(self, ignore_errors=False):
+            release.wait(10)
+
+        def close(self, ignore_errors=False):
+            pass
+
+    host = SimpleNamespace(streams=[StuckStream()], _closing=False)
+    host.close = lambda: AudioHost.close(host, timeout=0.05)
+    calls = []
+    monkeypatch.setattr(gui.live, "reinitialise_portaudio", lambda: calls.append("reinitialise"))
+    controller = SimpleNamespace(host=host, _devices=[], restart=lambda: calls.append("restart"))
+    with pytest.raises(RuntimeError, match="still closing"):
+        LiveController.rescan(controller)
+    assert calls == ["restart"]  # PortAudio left alone, the stream reopened
+    assert AudioHost.devices_back(SimpleNamespace()) is False  # the headless reconnect waits too
+    release.set()
+    for _ in range(100):
+        if not streams_closing():
+            break
+        threading.Event().wait(0.05)
+    LiveController.rescan(controller)  # the driver returned: the rescan goes ahead
+    assert calls == ["restart", "reinitialise"]
+
+
 def test_file_mode_separates_plays_and_exports_stems(qtbot, live, tmp_path):
     rate, seconds = 22050, 3.0  # not the model's rate: the file is converted there and back
     mixture = np.stack([synthetic_audio(int(seconds * rate), rate, seed=5),
