@@ -2,14 +2,19 @@
 # The recipe of the default model bundle (models/default): the corpus, stage 0, stage 1, stage 2 of the
 # full model and of the two ablations (1-stage, w/o CD) at the same budget, export and the evaluation
 # table (docs/eval). Every run resumes where it stopped, so the script can be rerun to go on; STOP2 is the
-# stage-2 step every stage-2 run trains to this time (its schedule spans 3000 steps).
+# stage-2 step every stage-2 run trains to this time (its schedule spans 3000 steps). BATCH2 is the stage-2
+# batch: 4 on a CPU; on a GPU (DEVICE=cuda) 16 or more keeps it busy, with WORKERS data loader processes.
 #   STOP2=1250 THREADS=2 scripts/train_default.sh
+#   STOP2=3000 BATCH2=16 DEVICE=cuda WORKERS=4 scripts/train_default.sh
 # The shipped model reached the same architecture by a longer path (README, "The default model").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hs=.venv/bin/hybridsep
 runs=${RUNS:-runs}
 stop2=${STOP2:-3000}
+batch2=${BATCH2:-4}
+workers=${WORKERS:-1}
+device=${DEVICE:-auto}
 export OMP_NUM_THREADS=${THREADS:-2}
 manifest=$runs/corpus/manifest.jsonl
 disc='model.discriminator={"filters": 8, "n_ffts": [1024, 256], "hop_lengths": [256, 64], "win_lengths": [1024, 256]}'
@@ -20,11 +25,11 @@ $hs train stage0 --manifest "$manifest" --out "$runs/small/stage0" --preset smal
 $hs train stage1 --manifest "$manifest" --out "$runs/default/stage1" --init "$runs/small/stage0/model" \
   --steps 1000 --batch-size 8 --set stop_at=425 --set lr=3e-4 --set eval_every=250 --set eval_examples=64 \
   --set checkpoint_every=50
-stage2() {  # NAME INIT [--set ...]: one stage-2 run, batch 4 of 2 s crops, 1200 L1 warm-up steps first
+stage2() {  # NAME INIT [--set ...]: one stage-2 run, batch BATCH2 of 2 s crops, 1200 L1 warm-up steps first
   local name=$1 init=$2; shift 2
-  $hs train stage2 --manifest "$manifest" --out "$runs/default/$name" --init "$init" --steps 3000 --batch-size 4 \
-    --set stop_at="$stop2" --set lr=4e-4 --set warmup_steps=1200 --set segment_seconds=2.0 --set "$disc" \
-    --set eval_every=100 --set eval_examples=16 --set checkpoint_every=25 --set workers=1 "$@"
+  $hs train stage2 --manifest "$manifest" --out "$runs/default/$name" --init "$init" --steps 3000 --batch-size "$batch2" \
+    --device "$device" --set stop_at="$stop2" --set lr=4e-4 --set warmup_steps=1200 --set segment_seconds=2.0 --set "$disc" \
+    --set eval_every=100 --set eval_examples=16 --set checkpoint_every=25 --set workers="$workers" "$@"
 }
 stage2 stage2 "$runs/default/stage1/model" --set target_embedding=aet
 stage2 stage2-one-stage "$runs/small/stage0/model" --set model.one_stage=true
