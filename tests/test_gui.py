@@ -313,6 +313,7 @@ def test_refresh_rescans_the_devices_and_streams_again(qtbot, live, rig):
 
 def test_refresh_while_a_stuck_stream_is_still_closing_reopens_and_says_why(monkeypatch):
     import threading
+    import time
     from types import SimpleNamespace
 
     import gui.live
@@ -338,10 +339,9 @@ def test_refresh_while_a_stuck_stream_is_still_closing_reopens_and_says_why(monk
     assert calls == ["restart"]  # PortAudio left alone, the stream reopened
     assert AudioHost.devices_back(SimpleNamespace()) is False  # the headless reconnect waits too
     release.set()
-    for _ in range(100):
-        if not streams_closing():
-            break
-        threading.Event().wait(0.05)
+    deadline = time.monotonic() + 5
+    while streams_closing() and time.monotonic() < deadline:
+        time.sleep(0.05)
     LiveController.rescan(controller)  # the driver returned: the rescan goes ahead
     assert calls == ["restart", "reinitialise"]
 
