@@ -38,7 +38,6 @@ from hybridsep_rt.stream import (
     RECONNECT_INTERVAL_SECONDS,
     AudioHost,
     Recorder,
-    streams_closing,
 )
 
 __all__ = ["LiveController", "device_label"]
@@ -107,20 +106,17 @@ class LiveController(QObject):
 
     def rescan(self) -> None:
         """Make PortAudio scan the hardware again (PulseAudio devices are listed live anyway). Open streams
-        must be closed for that: a running stream is reopened afterwards. Raises RuntimeError, with the stream
-        reopened, while a stream whose driver is stuck is still closing: terminating PortAudio then could hang."""
+        must be closed for that: a running stream is reopened afterwards, also when the rescan is refused
+        (DeviceError while a stream of a stuck driver is still closing)."""
         running = self.host is not None and bool(self.host.streams)
         if self.host is not None:
             self.host.close()
-        if streams_closing():
+        try:
+            reinitialise_portaudio()
+        finally:
+            self._devices = []
             if running:
                 self.restart()
-            raise RuntimeError("an audio stream is still closing (its driver has not returned), so PortAudio "
-                               "cannot scan the devices now; try again in a moment")
-        reinitialise_portaudio()
-        self._devices = []
-        if running:
-            self.restart()
 
     def output_device(self) -> AudioDevice | None:
         """The output device chosen (for file playback), None when it cannot be found."""

@@ -218,7 +218,13 @@ def _sounddevice():
 
 
 def reinitialise_portaudio() -> None:
-    """Make PortAudio scan the devices again (after one was plugged in or came back). No stream may be open."""
+    """Make PortAudio scan the devices again (after one was plugged in or came back). No stream may be open:
+    raises DeviceError while a stream whose driver is stuck is still closing (terminating PortAudio could hang)."""
+    from hybridsep_rt.stream import streams_closing
+
+    if streams_closing():
+        raise DeviceError("an audio stream is still closing (its driver has not returned), so PortAudio cannot "
+                          "scan the devices now; try again in a moment")
     sd = _sounddevice()
     sd._terminate()
     sd._initialize()

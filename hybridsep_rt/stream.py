@@ -524,16 +524,13 @@ class AudioHost:
         return None
 
     def devices_back(self) -> bool:
-        """With a lost device: True once both devices can be opened again (PortAudio re-scanned). False while a
-        stream of a stuck driver is still closing (PortAudio must not be re-initialised then)."""
+        """With a lost device: True once both devices can be opened again (PortAudio re-scanned)."""
         from hybridsep_rt.devices import DeviceError, device_present, refreshed, reinitialise_portaudio
 
-        if streams_closing():
-            return False
         if any(device_present(d) is False for d in (self.input_device, self.output_device)):
             return False
-        reinitialise_portaudio()
         try:
+            reinitialise_portaudio()  # refused while a stuck stream is still closing: the next check tries again
             self.input_device = refreshed(self.input_device)
             self.output_device = refreshed(self.output_device)
         except DeviceError:

@@ -316,8 +316,9 @@ def test_refresh_while_a_stuck_stream_is_still_closing_reopens_and_says_why(monk
     import time
     from types import SimpleNamespace
 
-    import gui.live
+    import hybridsep_rt.devices
     from gui.live import LiveController
+    from hybridsep_rt.devices import DeviceError
     from hybridsep_rt.stream import AudioHost, streams_closing
 
     release = threading.Event()
@@ -329,21 +330,22 @@ def test_refresh_while_a_stuck_stream_is_still_closing_reopens_and_says_why(monk
         def close(self, ignore_errors=False):
             pass
 
+    calls = []
+    portaudio = SimpleNamespace(_terminate=lambda: calls.append("terminate"),
+                                _initialize=lambda: calls.append("initialise"))
+    monkeypatch.setattr(hybridsep_rt.devices, "_sounddevice", lambda: portaudio)
     host = SimpleNamespace(streams=[StuckStream()], _closing=False)
     host.close = lambda: AudioHost.close(host, timeout=0.05)
-    calls = []
-    monkeypatch.setattr(gui.live, "reinitialise_portaudio", lambda: calls.append("reinitialise"))
     controller = SimpleNamespace(host=host, _devices=[], restart=lambda: calls.append("restart"))
-    with pytest.raises(RuntimeError, match="still closing"):
+    with pytest.raises(DeviceError, match="still closing"):
         LiveController.rescan(controller)
     assert calls == ["restart"]  # PortAudio left alone, the stream reopened
-    assert AudioHost.devices_back(SimpleNamespace()) is False  # the headless reconnect waits too
     release.set()
     deadline = time.monotonic() + 5
     while streams_closing() and time.monotonic() < deadline:
         time.sleep(0.05)
     LiveController.rescan(controller)  # the driver returned: the rescan goes ahead
-    assert calls == ["restart", "reinitialise"]
+    assert calls == ["restart", "terminate", "initialise"]
 
 
 def test_file_mode_separates_plays_and_exports_stems(qtbot, live, tmp_path):
