@@ -4,6 +4,7 @@
 # table (docs/eval). Every run resumes where it stopped, so the script can be rerun to go on; STOP2 is the
 # stage-2 step every stage-2 run trains to this time (its schedule spans 3000 steps). BATCH2 is the stage-2
 # batch: 4 on a CPU; on a GPU (DEVICE=cuda) 16 or more keeps it busy, with WORKERS data loader processes.
+# DECAY2=N lowers the stage-2 learning rate linearly over the last N steps of the 3000 (default 0: constant).
 #   STOP2=1250 THREADS=2 scripts/train_default.sh
 #   STOP2=3000 BATCH2=16 DEVICE=cuda WORKERS=4 scripts/train_default.sh
 # The shipped model reached the same architecture by a longer path (README, "The default model").
@@ -15,6 +16,7 @@ stop2=${STOP2:-3000}
 batch2=${BATCH2:-4}
 workers=${WORKERS:-1}
 device=${DEVICE:-auto}
+decay2=${DECAY2:-0}
 export OMP_NUM_THREADS=${THREADS:-2}
 manifest=$runs/corpus/manifest.jsonl
 disc='model.discriminator={"filters": 8, "n_ffts": [1024, 256], "hop_lengths": [256, 64], "win_lengths": [1024, 256]}'
@@ -28,8 +30,9 @@ $hs train stage1 --manifest "$manifest" --out "$runs/default/stage1" --init "$ru
 stage2() {  # NAME INIT [--set ...]: one stage-2 run, batch BATCH2 of 2 s crops, 1200 L1 warm-up steps first
   local name=$1 init=$2; shift 2
   $hs train stage2 --manifest "$manifest" --out "$runs/default/$name" --init "$init" --steps 3000 --batch-size "$batch2" \
-    --device "$device" --set stop_at="$stop2" --set lr=4e-4 --set warmup_steps=1200 --set segment_seconds=2.0 --set "$disc" \
-    --set eval_every=100 --set eval_examples=16 --set checkpoint_every=25 --set workers="$workers" "$@"
+    --device "$device" --set stop_at="$stop2" --set lr=4e-4 --set lr_decay_steps="$decay2" --set warmup_steps=1200 \
+    --set segment_seconds=2.0 --set "$disc" --set eval_every=100 --set eval_examples=16 --set checkpoint_every=25 \
+    --set workers="$workers" "$@"
 }
 stage2 stage2 "$runs/default/stage1/model" --set target_embedding=aet
 stage2 stage2-one-stage "$runs/small/stage0/model" --set model.one_stage=true

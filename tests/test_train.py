@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -39,6 +40,22 @@ def test_overrides_and_errors():
         TrainConfig().with_overrides(["steps"])
     with pytest.raises(ValueError, match="unknown stage"):
         TrainConfig(stage="stage9")
+    with pytest.raises(ValueError, match="lr_decay_steps must be between 0 and steps"):
+        TrainConfig(steps=5, lr_decay_steps=6)
+
+
+def test_the_learning_rate_falls_linearly_over_the_last_steps(manifest, tmp_path):
+    """lr_decay_steps=3 of 5: steps 0-1 at lr, then 3/4, 2/4, 1/4 of it, as the optimiser sees it in training."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = config(manifest, tmp_path / "decay", "stage0", "steps=5", "lr=1e-3", "lr_decay_steps=3")
+    expected = [1e-3, 1e-3, 0.75e-3, 0.5e-3, 0.25e-3]
+    assert [cfg.lr_at(k) for k in range(5)] == pytest.approx(expected)
+    assert TrainConfig(steps=5, lr=1e-3).lr_at(4) == 1e-3
+    train(cfg, progress=False)
+    events = EventAccumulator(str(tmp_path / "decay" / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/lr")] == pytest.approx(expected)
 
 
 def test_step_batches_split_the_global_batch():
@@ -68,7 +85,8 @@ def test_stage_chain_and_ablations(manifest, tmp_path):
 
 
 def test_stage2_warmup_trains_the_asm_alone(manifest, tmp_path):
-    """warmup_steps: the first steps train the ASM on L1 and leave D and the CD as they are; then Algorithm 1."""
+    """warmup_steps: the first steps train the ASM on L1 and leave D and the CD as they are; then Algorithm 1,
+    with one ASM forward per step."""
     from training.stages import build_stage
 
     cfg = config(manifest, tmp_path / "w", "stage2", "warmup_steps=1")
@@ -88,8 +106,11 @@ def test_stage2_warmup_trains_the_asm_alone(manifest, tmp_path):
     assert set(scalars) == {"l1", "grad_norm_g"}
     assert changed(before["asm"], parts["asm"])
     assert not changed(before["cd"], parts["cd"]) and not changed(before["d"], parts["d"])
+    asm_calls = []
+    stage.model.asm.register_forward_hook(lambda *args: asm_calls.append(1))
     scalars = stage.train_step(batch, 1)
     assert {"loss_d", "adv", "consist"} <= set(scalars)
+    assert len(asm_calls) == 1  # one ASM forward serves D's step and the generator's step
     assert changed(before["cd"], parts["cd"]) and changed(before["d"], parts["d"])
 
 
@@ -150,7 +171,7 @@ def hybridsep(*args: str) -> list[str]:
 
 
 def train_command(manifest: Path, out: Path, steps: int) -> list[str]:
-    sets = [f"--set={s}" for s in TINY + ["checkpoint_every=1", "eval_every=1000"]]
+    sets = [f"--set={s}" for s in TINY + ["checkpoint_every=1", "eval_every=1000", "lr_decay_steps=3"]]
     return hybridsep("train", "stage2", "--manifest", str(manifest), "--out", str(out), "--steps", str(steps),
                      "--batch-size", "2", "--quiet", *sets)
 
@@ -178,6 +199,7 @@ def test_sigkill_and_resume_reaches_the_same_parameters(manifest, tmp_path):
     paused = subprocess.run(train_command(manifest, tmp_path / "paused", steps) + ["--set=stop_at=1"],
                             env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True, check=True)
     assert "stopped by stop_at at step 1 of 4" in paused.stderr
+    assert re.search(r"trained 1 x 2 examples in [\d.]+ s: \d+ ms per step, [\d.]+ examples/s", paused.stderr)
     assert torch.load(tmp_path / "paused" / CHECKPOINT_FILE, weights_only=True)["step"] == 1
     again = subprocess.run(train_command(manifest, tmp_path / "paused", steps) + ["--set=stop_at=1"],
                            env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True, check=True)

@@ -55,7 +55,10 @@ def build_model(cfg: TrainConfig) -> HybridSep:
 
 
 class Stage:
-    """Shared parts: the model, its device, DDP wrapping, the valid set and saving."""
+    """Shared parts: the model, its device, DDP wrapping, the valid set and saving.
+
+    A stage's `train_step(batch, step)` returns its scalars as 0-d tensors: the loop reads them back only when
+    it logs, so a GPU step runs without waiting for the device."""
 
     name = ""
 
@@ -92,20 +95,22 @@ class Stage:
         return contextlib.nullcontext()
 
     def adamw(self, *modules: nn.Module) -> torch.optim.AdamW:
-        """AdamW (paper 3.1); weight decay on weight matrices only, not on biases, norms and scalars."""
+        """AdamW (paper 3.1); weight decay on weight matrices only, not on biases, norms and scalars. The fused
+        implementation updates all parameters in a few kernels instead of several per parameter."""
         params = [p for m in modules for p in m.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         rest = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas)
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, fused=True)
 
-    def step_optimizer(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    def step_optimizer(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
+        """One update; returns the gradient norm before clipping."""
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         optimizer.step()
-        return float(norm)
+        return norm
 
     def segment_seconds(self) -> float:
         return self.cfg.segment_seconds or self.model.cfg.window_seconds
@@ -121,7 +126,8 @@ class Stage:
         return loader
 
     def to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.env.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return {k: v.to(self.env.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()}
 
     def log_audio(self, writer, step: int) -> None:
         pass
@@ -164,7 +170,7 @@ class ContrastiveStage(Stage):
         with self.autocast():
             loss = self.run("encoder")(batch["audio"], tokens["input_ids"], tokens["attention_mask"])
         norm = self.step_optimizer(self.optimizer, loss)
-        return {"loss": loss.item(), "grad_norm": norm, "logit_scale": float(self.encoder.logit_scale.detach())}
+        return {"loss": loss.detach(), "grad_norm": norm, "logit_scale": self.encoder.logit_scale.detach().clone()}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -237,7 +243,7 @@ class EmbeddingStage(Stage):
             predicted = self.run("predictor")(batch["mixture"], text_emb)
         loss = (predicted.float() - target_emb).abs().mean()
         norm = self.step_optimizer(self.optimizer, loss)
-        return {"l1": loss.item(), "grad_norm": norm}
+        return {"l1": loss.detach(), "grad_norm": norm}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -272,11 +278,13 @@ class EmbeddingPredictor(nn.Module):
 class AdversarialConsistentStage(Stage):
     """Stage 2 (2.2): adversarial consistent training, Algorithm 1.
 
-    Per iteration k: Phase 1 trains D with the LSGAN loss on X_target vs ASM(X_mixed). Phase 2 regenerates
-    (X_gen, c) = ASM(X_mixed), and with noise levels sigma_i < sigma_{i+1} and weight lambda_consist(k) from the
-    consistency-training schedules (schedules.py) and one z ~ N(0, I) per example, denoises X_target + sigma_{i+1} z
-    and X_target + sigma_i z with CD(., c); L_consist = d(pred1, pred2.detach()) with the pseudo-Huber d;
-    L_T = L_adv + lambda_L1 * L1 + lambda_consist(k) * L_consist; one AdamW step on ASM and CD.
+    Per iteration k: one forward gives (X_gen, c) = ASM(X_mixed) and, with noise levels sigma_i < sigma_{i+1} and
+    weight lambda_consist(k) from the consistency-training schedules (schedules.py) and one z ~ N(0, I) per
+    example, CD(X_target + sigma_{i+1} z, c) and CD(X_target + sigma_i z, c). Phase 1 trains D with the LSGAN loss
+    on X_target vs X_gen (detached). Phase 2: L_consist = d(pred1, pred2.detach()) with the pseudo-Huber d;
+    L_T = L_adv + lambda_L1 * L1 + lambda_consist(k) * L_consist (L_adv from the updated D); one AdamW step on ASM
+    and CD. Algorithm 1 runs the ASM again for phase 2, but only D has changed by then, so the regenerated X_gen
+    and c are the ones phase 1 saw: one forward gives the same step and saves a forward of the ASM.
 
     The ASM's target embedding: the frozen CLAP audio encoder on X_target (teacher forcing) by default — Fig. 1
     trains the ASM "based on target audio embedding" while the AET's prediction replaces it at inference (Fig. 2);
@@ -318,18 +326,6 @@ class AdversarialConsistentStage(Stage):
         if step < self.cfg.warmup_steps:
             return self.warmup_step(mixture, target, emb)
         disc = self.run("discriminator")
-
-        # Phase 1: train D.
-        with torch.no_grad(), self.autocast():
-            generated = self.generator.separate(mixture, emb)
-        with self.autocast():
-            logits, _ = disc(torch.cat((target, generated.float())))
-        real = [l[: len(target)] for l in logits]
-        fake = [l[len(target):] for l in logits]
-        loss_d = discriminator_loss(real, fake)
-        norm_d = self.step_optimizer(self.opt_d, loss_d)
-
-        # Phase 2: train ASM and CD.
         noisy1 = noisy2 = None
         weight = torch.zeros(len(target), device=target.device)
         if self.generator.cd is not None:
@@ -338,9 +334,21 @@ class AdversarialConsistentStage(Stage):
             z = torch.stack([torch.randn(target.shape[1:], generator=g) for g in gens]).to(target.device)
             noisy1 = target + sigma_hi[:, None] * z
             noisy2 = target + sigma_lo[:, None] * z
-        self.discriminator.requires_grad_(False)  # phase 2 needs D's input gradients only
+        # X_gen of phase 1 and phase 2 are the same: only D changes in between. One forward serves both.
         with self.autocast():
             generated, pred1, pred2 = self.run("generator")(mixture, emb, noisy1, noisy2)
+
+        # Phase 1: train D.
+        with self.autocast():
+            logits, _ = disc(torch.cat((target, generated.detach().float())))
+        real = [l[: len(target)] for l in logits]
+        fake = [l[len(target):] for l in logits]
+        loss_d = discriminator_loss(real, fake)
+        norm_d = self.step_optimizer(self.opt_d, loss_d)
+
+        # Phase 2: train ASM and CD.
+        self.discriminator.requires_grad_(False)  # phase 2 needs D's input gradients only
+        with self.autocast():
             with disc.no_sync() if isinstance(disc, DistributedDataParallel) else contextlib.nullcontext():
                 fake_logits, _ = disc(generated.float())
         self.discriminator.requires_grad_(True)
@@ -352,10 +360,10 @@ class AdversarialConsistentStage(Stage):
             consist = pseudo_huber(pred1.float(), pred2.detach().float())
             loss_consist = (self.cfg.consist_weight * weight * consist).mean()
             loss = loss + loss_consist
-            scalars["consist"] = loss_consist.item()
+            scalars["consist"] = loss_consist.detach()
         norm_g = self.step_optimizer(self.opt_g, loss)
-        return {"loss_d": loss_d.item(), "adv": loss_adv.item(), "l1": loss_l1.item(), **scalars, "loss": loss.item(),
-                "grad_norm_g": norm_g, "grad_norm_d": norm_d}
+        return {"loss_d": loss_d.detach(), "adv": loss_adv.detach(), "l1": loss_l1.detach(), **scalars,
+                "loss": loss.detach(), "grad_norm_g": norm_g, "grad_norm_d": norm_d}
 
     def warmup_step(self, mixture: torch.Tensor, target: torch.Tensor, emb: torch.Tensor) -> dict:
         """A warm-up step (`warmup_steps`): L1 alone on the ASM; D and the CD wait."""
@@ -363,7 +371,7 @@ class AdversarialConsistentStage(Stage):
             generated, _, _ = self.run("generator")(mixture, emb)
         loss_l1 = (generated.float() - target).abs().mean()
         norm_g = self.step_optimizer(self.opt_g, self.cfg.lambda_l1 * loss_l1)
-        return {"l1": loss_l1.item(), "grad_norm_g": norm_g}
+        return {"l1": loss_l1.detach(), "grad_norm_g": norm_g}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -397,9 +405,6 @@ class Generator(nn.Module):
     def __init__(self, model: HybridSep):
         super().__init__()
         self.asm, self.cd = model.asm, model.cd
-
-    def separate(self, mixture: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.asm(mixture, emb)[0]
 
     def forward(self, mixture, emb, noisy1=None, noisy2=None):
         generated, condition = self.asm(mixture, emb)

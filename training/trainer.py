@@ -45,6 +45,7 @@ class TrainConfig:
     stop_at: int | None = None  # pause here (checkpoint and exit) before `steps`; rerun to go on
     batch_size: int = 128  # paper 3.1: batch size 128 (global: split over the processes)
     lr: float = 1e-4  # paper 3.1: AdamW, initial learning rate 1e-4
+    lr_decay_steps: int = 0  # the last N steps lower the learning rate linearly towards 0 (not in the paper)
     betas: tuple[float, float] = (0.8, 0.99)  # paper 3.1: beta1 0.8, beta2 0.99
     weight_decay: float = 0.01  # not given: AdamW's usual default
     grad_clip: float = 1.0  # not given: clip the gradient norm of each optimiser's parameters
@@ -70,6 +71,16 @@ class TrainConfig:
             raise ValueError(f"unknown stage {self.stage!r}: choose stage0, stage1 or stage2")
         if self.target_embedding not in ("clap", "aet"):
             raise ValueError("target_embedding must be 'clap' or 'aet'")
+        if not 0 <= self.lr_decay_steps <= self.steps:
+            raise ValueError(f"lr_decay_steps must be between 0 and steps ({self.steps}), not {self.lr_decay_steps}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step `step` (0-based): `lr`, then over the last `lr_decay_steps` steps a straight
+        line towards 0 at `steps`. A function of the step alone, so a resumed run follows it exactly."""
+        left = self.steps - step
+        if left > self.lr_decay_steps:
+            return self.lr
+        return self.lr * left / (self.lr_decay_steps + 1)
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
@@ -127,6 +138,8 @@ def setup_distributed(device: str = "auto") -> DistributedEnv:
     dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True  # training shapes are fixed: cuDNN may pick its fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores, as cuDNN's convolutions are
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return DistributedEnv(rank, world, local, dev)
@@ -252,6 +265,16 @@ def _log(writer, scalars: dict, step: int, prefix: str) -> None:
             writer.add_scalar(f"{prefix}/{k}", v, step)
 
 
+def throughput(steps: int, batch_size: int, seconds: float, env: DistributedEnv) -> str:
+    """The run's speed in one line: what sizes a training budget."""
+    seconds = max(seconds, 1e-9)
+    line = (f"trained {steps} x {batch_size} examples in {seconds:.1f} s: {1000 * seconds / steps:.0f} ms per step, "
+            f"{steps * batch_size / seconds:.1f} examples/s (evaluations and checkpoints included)")
+    if env.device.type == "cuda":
+        line += f"; peak GPU memory {torch.cuda.max_memory_allocated(env.device) / 2**30:.1f} GiB"
+    return line
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path | None:
     """Runs (or resumes) one stage; returns the folder of the trained model (`out/model`, rewritten at every
     checkpoint), or None when a signal stopped it early (the checkpoint is written: the same command resumes)."""
@@ -279,14 +302,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path | None:
         writer = SummaryWriter(str(out / "tensorboard"))
     loader = torch.utils.data.DataLoader(
         stage.train_set, batch_sampler=StepBatches(step, end, cfg.batch_size, env),
-        num_workers=cfg.workers, collate_fn=stage.collate, worker_init_fn=_ignore_signals)
+        num_workers=cfg.workers, collate_fn=stage.collate, worker_init_fn=_ignore_signals,
+        pin_memory=env.device.type == "cuda")
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.stage, disable=not (progress and env.is_main), unit="step")
     started, first_step = time.perf_counter(), step
     for batch in loader:
+        lr = cfg.lr_at(step)
+        for optimizer in stage.optimizers().values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         scalars = stage.train_step(batch, step)
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
+            scalars = {**{k: float(v) for k, v in scalars.items()}, "lr": lr}
             bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()})
             _log(writer, scalars, step, "train")
             if writer is not None:
@@ -309,6 +338,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path | None:
     bar.close()
     if step == first_step and step < cfg.steps and env.is_main:
         print(f"{out} is at step {step} already (stop_at={cfg.stop_at}): nothing to do", file=sys.stderr)
+    elif env.is_main and step > first_step:
+        print(throughput(step - first_step, cfg.batch_size, time.perf_counter() - started, env), file=sys.stderr)
     finished = step == cfg.steps
     if writer is not None:
         writer.close()
