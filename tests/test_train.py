@@ -114,6 +114,20 @@ def test_stage2_warmup_trains_the_asm_alone(manifest, tmp_path):
     assert changed(before["cd"], parts["cd"]) and changed(before["d"], parts["d"])
 
 
+@pytest.mark.parametrize("stage_name", ["stage0", "stage1", "stage2"])
+def test_a_step_runs_under_bf16_autocast(manifest, tmp_path, stage_name):
+    """On CUDA the steps run under bf16 autocast (`bf16`, the default there); CPU autocast puts the same
+    model code through bf16 matmuls and convolutions, so dtype mismatches show up here too."""
+    from training.stages import build_stage
+
+    torch.manual_seed(0)
+    stage = build_stage(config(manifest, tmp_path / stage_name, stage_name), DistributedEnv())
+    stage.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    batch = stage.collate([stage.train_set[i] for i in range(2)])
+    scalars = {k: float(v) for k, v in stage.train_step(batch, 0).items()}
+    assert scalars and all(torch.isfinite(torch.tensor(v)) for v in scalars.values()), scalars
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
