@@ -334,7 +334,7 @@ class AdversarialConsistentStage(Stage):
             z = torch.stack([torch.randn(target.shape[1:], generator=g) for g in gens]).to(target.device)
             noisy1 = target + sigma_hi[:, None] * z
             noisy2 = target + sigma_lo[:, None] * z
-        # X_gen of phase 1 and phase 2 are the same: only D changes in between. One forward serves both.
+        # One forward serves both phases: only D changes in between (see the class docstring).
         with self.autocast():
             generated, pred1, pred2 = self.run("generator")(mixture, emb, noisy1, noisy2)
 
