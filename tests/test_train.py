@@ -116,11 +116,19 @@ def test_stage2_warmup_trains_the_asm_alone(manifest, tmp_path):
 
 
 @pytest.mark.parametrize("stage_name", ["stage0", "stage1", "stage2"])
-def test_a_step_runs_under_bf16_autocast(manifest, tmp_path, stage_name):
+def test_a_step_runs_under_bf16_autocast(manifest, tmp_path, stage_name, monkeypatch):
     """On CUDA the steps run under bf16 autocast (`bf16`, the default there); CPU autocast puts the same
-    model code through bf16 matmuls and convolutions, so dtype mismatches show up here too."""
+    model code through bf16 matmuls and convolutions, so dtype mismatches show up here too. cuFFT has no
+    bf16 where the CPU's FFT has, so torch.stft is held to float32 input here."""
     from training.stages import build_stage
 
+    stft = torch.stft
+
+    def float32_stft(x, *args, **kwargs):
+        assert x.dtype == torch.float32, f"torch.stft of {x.dtype}: cuFFT has no bf16"
+        return stft(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "stft", float32_stft)
     torch.manual_seed(0)
     stage = build_stage(config(manifest, tmp_path / stage_name, stage_name), DistributedEnv())
     stage.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
