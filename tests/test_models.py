@@ -154,6 +154,29 @@ def test_from_pretrained_errors(tmp_path, small_model):
         HybridSep.from_pretrained(tmp_path / "m")
 
 
+def test_weights_of_an_older_architecture_start_the_new_parts_afresh(tmp_path, small_model):
+    """Weights saved before the ASM had its TEACAs: refused by default; with new_parts=True the saved weights
+    load and the TEACAs keep their initialisation. A parameter whose shape changed is refused either way."""
+    small_model.save_pretrained(tmp_path / "m")
+    state = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    older = {k: v for k, v in state.items() if not k.startswith("asm.stack.teaca.")}
+    torch.save(older, tmp_path / "m" / "model.pt")
+    with pytest.raises(ValueError, match="missing .*new_parts=True starts the missing ones afresh"):
+        HybridSep.from_pretrained(tmp_path / "m")
+
+    torch.manual_seed(1)
+    model = HybridSep.from_pretrained(tmp_path / "m", new_parts=True)
+    assert model.new_parameters == [k for k in state if k.startswith("asm.stack.teaca.")]
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in older.items())
+    assert not torch.equal(loaded["asm.stack.teaca.0.query.weight"], state["asm.stack.teaca.0.query.weight"])
+
+    older["asm.stack.teaca.0.query.weight"] = torch.zeros(3, 3)
+    torch.save(older, tmp_path / "m" / "model.pt")
+    with pytest.raises(ValueError, match="does not fit this model"):
+        HybridSep.from_pretrained(tmp_path / "m", new_parts=True)
+
+
 def test_pretrained_beats_checkpoint_is_loaded_into_the_model(tmp_path):
     """An official-format BEATs checkpoint named by `beats_checkpoint` supplies the ASM's frozen encoder; the
     saved model keeps its weights and no longer needs the file."""

@@ -85,6 +85,20 @@ def test_stage_chain_and_ablations(manifest, tmp_path):
         train(config(manifest, tmp_path / "x", "stage1", "model.one_stage=true"), progress=False)
 
 
+def test_init_from_an_older_architecture_with_init_new_parts(manifest, tmp_path, capfd):
+    """A stage-2 run starts from weights that lack the ASM's TEACAs (saved by an older ASM) when asked to, and
+    says which parameters start afresh."""
+    folder = train(config(manifest, tmp_path / "old", "stage2", "steps=1"), progress=False)
+    state = torch.load(folder / "model.pt", weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.startswith("asm.stack.teaca.")}, folder / "model.pt")
+    with pytest.raises(ValueError, match="new_parts=True"):
+        train(config(manifest, tmp_path / "refused", "stage2", "steps=1", f"init={folder}"), progress=False)
+    capfd.readouterr()
+    train(config(manifest, tmp_path / "new", "stage2", "steps=1", f"init={folder}", "init_new_parts=true"),
+          progress=False)
+    assert re.search(r"\d+ parameters are new to .* and start afresh: asm\.stack\.teaca\.0\.", capfd.readouterr().err)
+
+
 def test_stage2_warmup_trains_the_asm_alone(manifest, tmp_path):
     """warmup_steps: the first steps train the ASM on L1 and leave D and the CD as they are; then Algorithm 1,
     with one ASM forward per step."""

@@ -10,6 +10,7 @@ Each stage owns its model parts, optimisers and data; `training.trainer.train` r
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def collate(items: list[dict]) -> dict:
 
 def build_model(cfg: TrainConfig) -> HybridSep:
     if cfg.init:
-        return HybridSep.from_pretrained(cfg.init, overrides=cfg.model)
+        return HybridSep.from_pretrained(cfg.init, overrides=cfg.model, new_parts=cfg.init_new_parts)
     return HybridSep(get_config(cfg.preset, **cfg.model))
 
 
@@ -65,6 +66,10 @@ class Stage:
     def __init__(self, cfg: TrainConfig, env: DistributedEnv):
         self.cfg, self.env = cfg, env
         self.model = build_model(cfg).to(env.device)
+        if self.model.new_parameters and env.is_main:
+            names = self.model.new_parameters
+            print(f"{len(names)} parameters are new to {cfg.init} and start afresh: {', '.join(names[:6])}"
+                  + (", ..." if len(names) > 6 else ""), file=sys.stderr)
         self.sample_rate = self.model.cfg.sample_rate
         self.collate = collate
         self._wrapped: dict[str, nn.Module] = {}

@@ -41,6 +41,7 @@ class TrainConfig:
     preset: str = "small"
     model: dict = field(default_factory=dict)  # HybridSepConfig top-level overrides, e.g. {"one_stage": true}
     init: str | None = None  # a model folder to start from (the previous stage's `model/`)
+    init_new_parts: bool = False  # `init` is an older architecture: the parameters it lacks start afresh
     steps: int = 60000  # paper 3.1: each stage takes about 60000 steps to converge
     stop_at: int | None = None  # pause here (checkpoint and exit) before `steps`; rerun to go on
     batch_size: int = 128  # paper 3.1: batch size 128 (global: split over the processes)

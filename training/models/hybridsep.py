@@ -39,6 +39,7 @@ def freeze(module: nn.Module) -> None:
 class HybridSep(nn.Module):
     def __init__(self, cfg: HybridSepConfig, clap: AudioTextEncoder | None = None):
         super().__init__()
+        self.new_parameters: list[str] = []  # what from_pretrained(new_parts=True) started afresh
         beats = None
         if cfg.beats_checkpoint and not cfg.no_ssl:
             # Pretrained BEATs (paper 2.2): its weights end up in this model's own state, so a saved model
@@ -99,10 +100,12 @@ class HybridSep(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu",
-                        overrides: dict | None = None) -> "HybridSep":
+                        overrides: dict | None = None, new_parts: bool = False) -> "HybridSep":
         """Loads a saved model. `overrides` may change what the saved weights do not fix: the discriminator's
         settings, and the ablations that drop a part (one_stage drops FE + AET, no_cd drops the CD), so an
-        ablation starts from the same trained encoders as the full model."""
+        ablation starts from the same trained encoders as the full model. `new_parts=True` also loads weights
+        saved by an older architecture: parameters the current code has and the file lacks keep their fresh
+        initialisation (`new_parameters` lists them); a parameter whose shape changed is still an error."""
         folder = Path(folder)
         for name in (CONFIG_FILE, WEIGHTS_FILE, CLAP_FOLDER):
             if not (folder / name).exists():
@@ -124,10 +127,15 @@ class HybridSep(nn.Module):
             state = torch.load(folder / WEIGHTS_FILE, map_location=map_location, weights_only=True)
         except Exception as e:
             raise ValueError(f"{folder / WEIGHTS_FILE} cannot be read as a torch checkpoint: {e}") from e
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # a size mismatch: the same name, another shape
+            raise ValueError(f"{folder / WEIGHTS_FILE} does not fit this model: {e}") from e
         missing = [k for k in missing if not k.startswith("clap.")]
         unexpected = [k for k in unexpected if not k.startswith(dropped)]
-        if missing or unexpected:
+        if unexpected or (missing and not new_parts):
+            hint = " (new_parts=True starts the missing ones afresh)" if missing and not unexpected else ""
             raise ValueError(f"{folder / WEIGHTS_FILE} does not match its config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+                             f"unexpected {unexpected[:5]}{hint}")
+        model.new_parameters = missing
         return model
