@@ -332,7 +332,6 @@ class AdversarialConsistentStage(Stage):
             return self.warmup_step(mixture, target, emb)
         disc = self.run("discriminator")
         noisy1 = noisy2 = None
-        weight = torch.zeros(len(target), device=target.device)
         if self.generator.cd is not None:
             gens = generators_for(batch["index"], self.cfg.seed, salt=2)
             sigma_lo, sigma_hi, weight = (x.to(target.device) for x in sample_noise_levels(step, self.cfg.steps, gens))
