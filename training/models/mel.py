@@ -2,7 +2,8 @@
 
 The short-time Fourier transform is a strided ``conv1d`` with a windowed DFT basis (no ``torch.stft``,
 no complex tensors), so a module built from these pieces exports with the TorchScript ONNX exporter
-at opset 17 and keeps a dynamic time axis.
+at opset 17 and keeps a dynamic time axis. An exported graph computes the basis (`computed_in_graph`)
+instead of storing it.
 
 Filter banks follow the two conventions in common use:
 - ``mel_scale="htk"``, ``norm=None``: the torchaudio defaults.
@@ -15,9 +16,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from training.models.stft import computed_in_graph, onnx_constant, onnx_windowed_dft_basis, windowed_dft_basis
 
 # Slaney mel scale (Slaney's Auditory Toolbox, as in librosa.hz_to_mel with htk=False):
 # linear below 1 kHz with 200/3 Hz per mel, logarithmic above with 27 mels per factor 6.4 in frequency.
@@ -116,19 +120,22 @@ class PowerSpectrogram(nn.Module):
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.n_freqs = n_fft // 2 + 1
-        window = torch.zeros(n_fft, dtype=torch.float64)
+        self.window = np.zeros(n_fft)
         left = (n_fft - win_length) // 2
-        window[left : left + win_length] = hann_window(win_length)
-        n = torch.arange(n_fft, dtype=torch.float64)
-        k = torch.arange(self.n_freqs, dtype=torch.float64)
-        phase = 2.0 * math.pi * k[:, None] * n[None, :] / n_fft  # (n_freqs, n_fft)
-        basis = torch.cat([torch.cos(phase), -torch.sin(phase)], dim=0) * window[None, :]
+        self.window[left : left + win_length] = hann_window(win_length).numpy()
+        basis = windowed_dft_basis(self.window, n_fft, self.n_freqs).T  # (2 * n_freqs, n_fft)
         # Derived from the constructor arguments, so not saved in checkpoints.
-        self.register_buffer("dft_basis", basis.to(torch.float32).unsqueeze(1), persistent=False)
+        self.register_buffer("dft_basis", torch.tensor(basis[:, None, :], dtype=torch.float32), persistent=False)
+
+    def onnx_dft_basis(self, g):
+        """ONNX ops computing ``dft_basis`` (see :func:`computed_in_graph`)."""
+        basis = onnx_windowed_dft_basis(g, self.window, self.n_fft, self.n_freqs)
+        return g.op("Unsqueeze", g.op("Transpose", basis, perm_i=[1, 0]), onnx_constant(g, [1], np.int64))
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         padded = F.pad(wave.unsqueeze(1), (self.n_fft // 2, self.n_fft // 2), mode="reflect")
-        spectrum = F.conv1d(padded, self.dft_basis, stride=self.hop_length)  # (B, 2 * n_freqs, T)
+        basis = computed_in_graph(self.dft_basis, self.onnx_dft_basis)
+        spectrum = F.conv1d(padded, basis, stride=self.hop_length)  # (B, 2 * n_freqs, T)
         real, imag = spectrum[:, : self.n_freqs], spectrum[:, self.n_freqs :]
         return real * real + imag * imag
 

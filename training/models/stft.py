@@ -88,8 +88,9 @@ def computed_in_graph(value: torch.Tensor, build: Callable) -> torch.Tensor:
     return ComputedInGraph.apply(value, build) if torch.jit.is_tracing() else value
 
 
-def _onnx_constant(g, array):
-    return g.op("Constant", value_t=torch.tensor(np.asarray(array, dtype=np.float32)))
+def onnx_constant(g, array, dtype=np.float32):
+    """An ONNX Constant op holding ``array`` (float32 unless told)."""
+    return g.op("Constant", value_t=torch.tensor(np.asarray(array, dtype=dtype)))
 
 
 def onnx_dft_angles(g, samples: int, bins: int, fft_size: int):
@@ -97,18 +98,18 @@ def onnx_dft_angles(g, samples: int, bins: int, fft_size: int):
     product (a MatMul, exact in float32 below 2**24), reduced modulo fft_size, times 2 pi / fft_size."""
     if (samples - 1) * (bins - 1) >= _EXACT_FLOAT32_INTEGERS:
         raise ValueError(f"a DFT of {samples} samples and {bins} bins is too large to export exactly")
-    sample_index = _onnx_constant(g, np.arange(samples)[:, None])
-    bin_index = _onnx_constant(g, np.arange(bins)[None, :])
+    sample_index = onnx_constant(g, np.arange(samples)[:, None])
+    bin_index = onnx_constant(g, np.arange(bins)[None, :])
     product = g.op("MatMul", sample_index, bin_index)
-    reduced = g.op("Mod", product, _onnx_constant(g, fft_size), fmod_i=1)
-    return g.op("Mul", reduced, _onnx_constant(g, 2 * np.pi / fft_size))
+    reduced = g.op("Mod", product, onnx_constant(g, fft_size), fmod_i=1)
+    return g.op("Mul", reduced, onnx_constant(g, 2 * np.pi / fft_size))
 
 
 def onnx_windowed_dft_basis(g, window: np.ndarray, fft_size: int, bins: int):
     """ONNX ops computing ``windowed_dft_basis(window, fft_size, bins)``."""
     angles = onnx_dft_angles(g, len(window), bins, fft_size)
     basis = g.op("Concat", g.op("Cos", angles), g.op("Neg", g.op("Sin", angles)), axis_i=1)
-    return g.op("Mul", basis, _onnx_constant(g, window[:, None]))
+    return g.op("Mul", basis, onnx_constant(g, window[:, None]))
 
 
 def onnx_inverse_dft_basis(g, window: np.ndarray):
@@ -116,9 +117,9 @@ def onnx_inverse_dft_basis(g, window: np.ndarray):
     n_fft = len(window)
     real, imag = inverse_dft_weights(n_fft)
     angles = onnx_dft_angles(g, n_fft // 2 + 1, n_fft, n_fft)  # (F, n_fft): the same angles, transposed
-    cosines = g.op("Mul", g.op("Cos", angles), _onnx_constant(g, real[:, None]))
-    sines = g.op("Mul", g.op("Sin", angles), _onnx_constant(g, -imag[:, None]))
-    return g.op("Mul", g.op("Concat", cosines, sines, axis_i=0), _onnx_constant(g, window / n_fft))
+    cosines = g.op("Mul", g.op("Cos", angles), onnx_constant(g, real[:, None]))
+    sines = g.op("Mul", g.op("Sin", angles), onnx_constant(g, -imag[:, None]))
+    return g.op("Mul", g.op("Concat", cosines, sines, axis_i=0), onnx_constant(g, window / n_fft))
 
 
 def frame_signal(x: torch.Tensor, frame_length: int, hop_length: int) -> torch.Tensor:
