@@ -26,6 +26,22 @@ def two_windows(cfg: HybridSepConfig) -> torch.Tensor:
     return 0.1 * torch.randn(2, cfg.window_samples, generator=g)
 
 
+def test_every_input_is_brought_to_the_training_level(small_model):
+    """The model scales each mixture to the training mixtures' peak and its output back: a quiet input gives the
+    same embedding and the same separation, scaled, as a loud one; a silent one gives silence."""
+    model = small_model.eval()
+    mixture = two_windows(model.cfg)
+    text_emb = model.clap.embed_text(["a piano", "a man speaking"])
+    with torch.no_grad():
+        emb = model.target_embedding(mixture, text_emb)
+        assert torch.allclose(model.target_embedding(0.001 * mixture, text_emb), emb, atol=1e-4)
+        loud = model(mixture, text_emb)
+        quiet = model(0.001 * mixture, text_emb) / 0.001
+        assert (quiet - loud).abs().max() < 1e-3 * loud.abs().max()
+        silent = model(torch.zeros_like(mixture), text_emb)
+    assert torch.isfinite(silent).all() and silent.abs().max() < 1e-6
+
+
 def test_paper_preset_is_table_1():
     cfg = get_config("paper")
     assert (cfg.fe.layers, cfg.fe.heads, cfg.fe.dim) == (3, 8, 512)

@@ -216,6 +216,16 @@ def test_silence_in_gives_silence_out(separator):
         assert np.isfinite(out).all() and np.abs(out).max() < 1e-4
 
 
+def test_a_quiet_input_is_separated_as_a_loud_one(separator):
+    """The graphs bring each window to the training level and the output back, so the level of a recording does
+    not change what is separated."""
+    window = synthetic_audio(separator.window_samples, 44100, seed=3)[None, :]
+    condition = separator.prepare(Query(text="a flute"))
+    loud = separator.separate(window, condition)
+    quiet = separator.separate(0.001 * window, condition) / 0.001
+    assert snr_db(loud[0], quiet[0]) >= 60
+
+
 def test_non_finite_audio_is_refused(separator):
     window = np.zeros((1, separator.window_samples), np.float32)
     condition = separator.prepare(Query(text="a dog"))

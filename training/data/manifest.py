@@ -32,6 +32,8 @@ SPLITS = ("train", "valid", "test")
 REQUIRED_FIELDS = ("path", "keywords", "captions", "source", "split")
 # A clip whose peak stays below -80 dBFS counts as silent.
 SILENCE_PEAK = 10.0 ** (-80.0 / 20.0)
+# The mixer scales every training mixture so that its largest peak is this; the model brings each input to it.
+MIXTURE_PEAK = 0.9
 
 
 class ManifestError(ValueError):

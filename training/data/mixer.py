@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from training.data.audio import fit_length, load_audio
-from training.data.manifest import SILENCE_PEAK, Clip, Manifest, read_manifest
+from training.data.manifest import MIXTURE_PEAK, SILENCE_PEAK, Clip, Manifest, read_manifest
 
 SAMPLE_RATE = 44100  # paper 3.1: "resampled to 44.1kHz"
 SEGMENT_SECONDS = 10.0  # paper 3.1: "10s chunk size audio"
@@ -73,7 +73,7 @@ class MixerConfig:
     keyword_sources: tuple[int, int] = KEYWORD_SOURCES
     caption_probability: float = 0.5
     caption_partner_distinct_keywords: bool = True
-    peak: float = 0.9
+    peak: float = MIXTURE_PEAK
     max_tries: int = 20
 
     def __post_init__(self) -> None:

@@ -1,9 +1,10 @@
 """The audio separation model (ASM, paper 2.2, Fig. 3) and the pieces it shares with the conditional denoiser.
 
-mixture (B, N) -> PQMF (4 subbands) -> STFT per subband -> compressed spectrogram (B, T, F, 8)
+mixture (B, N) at the training mixtures' level (`input_gain`) -> PQMF (4 subbands) -> STFT per subband
+   -> compressed spectrogram (B, T, F, 8)
    ++ BEATs frame features projected per bin (B, T, F, side)
 -> TRCNN x4 (down) -> [FA, TEACA] x4 -> TRCNN x4 (up, skip connections, a TEACA after each skip)
--> complex ratio mask (B, T, F, 8) x mixture spectrogram -> iSTFT -> iPQMF -> separated (B, N)
+-> complex ratio mask (B, T, F, 8) x mixture spectrogram -> iSTFT -> iPQMF -> separated (B, N), at the input's level
 The decoder's four feature maps are projected per frame to the CD's condition vectors.
 """
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from training.config import ASMConfig, HybridSepConfig
+from training.data.manifest import MIXTURE_PEAK, SILENCE_PEAK
 from training.models.beats import BEATs
 from training.models.blocks import TRCNN, FrequencyAxisAttention, TargetEmbeddingCrossAttention
 from training.models.pqmf import PQMF
@@ -58,6 +60,14 @@ class SubbandSpectrogram(nn.Module):
         spec = spec.reshape(b, t, f, self.subbands, 2).permute(0, 3, 1, 4, 2).reshape(b * self.subbands, t, 2, f)
         bands = self.stft.inverse_frames(spec, length // self.subbands)
         return self.pqmf.synthesis(bands.reshape(b, self.subbands, -1))[:, 0, :]
+
+
+def input_gain(mixture: torch.Tensor) -> torch.Tensor:
+    """(B, N) -> (B, 1): the gain that brings each mixture's peak to the training mixtures' peak. The model only
+    learns mixtures at that level and separates quieter ones worse (docs/eval: "Input level"), so every input is
+    scaled to it first and the output scaled back. A silent input (peak under -80 dBFS) gets the gain of that
+    floor."""
+    return MIXTURE_PEAK / mixture.abs().amax(dim=-1, keepdim=True).clamp_min(SILENCE_PEAK)
 
 
 def compress(spec: torch.Tensor, power: float) -> torch.Tensor:
@@ -181,6 +191,8 @@ class AudioSeparationModel(nn.Module):
     def forward(self, mixture: torch.Tensor, embedding: torch.Tensor):
         if mixture.shape[-1] % self.cfg.asm.subbands:
             raise ValueError(f"mixture length must be a multiple of {self.cfg.asm.subbands} samples")
+        gain = input_gain(mixture)
+        mixture = mixture * gain
         spec = self.spectrogram(mixture)
         x = compress(spec[:, :, :-1], self.cfg.asm.compress)  # the stack leaves out the Nyquist bin
         if self.beats is not None:
@@ -188,4 +200,4 @@ class AudioSeparationModel(nn.Module):
             x = torch.cat((x, self.beats_to_bins(frames)), dim=-1)
         mask, maps = self.stack(x, embedding)
         separated = self.spectrogram.inverse(apply_complex_mask(mask, spec), mixture.shape[-1])
-        return separated, self.condition(maps)
+        return separated / gain, self.condition(maps)

@@ -18,7 +18,7 @@ from torch import nn
 from hybridsep_rt.atomic import atomic_path
 from training.config import HybridSepConfig, with_overrides
 from training.models.aet import AudioEmbeddingTransformer, FeatureExtractor
-from training.models.asm import AudioSeparationModel
+from training.models.asm import AudioSeparationModel, input_gain
 from training.models.beats import BEATs
 from training.models.clap import AudioTextEncoder, build_audio_text_encoder, load_audio_text_encoder
 from training.models.denoiser import ConditionalDenoiser
@@ -76,6 +76,7 @@ class HybridSep(nn.Module):
         """Stage 1 (2.1): the predicted target audio embedding; the text embedding itself when one_stage."""
         if self.aet is None:
             return text_emb
+        mixture = mixture * input_gain(mixture)  # the level the AET was trained at, as for the ASM
         mixture_emb = self.clap.audio_features(mixture)
         return self.aet(text_emb, mixture_emb, self.fe(mixture))
 
