@@ -5,11 +5,11 @@
 # stage-2 step every stage-2 run trains to this time (its schedule spans 3000 steps). BATCH2 is the stage-2
 # batch: 4 on a CPU; on a GPU (DEVICE=cuda) 16 or more keeps it busy, with WORKERS data loader processes.
 # DECAY2=N lowers the stage-2 learning rate linearly over the last N steps of the 3000 (default 0: constant).
-# L1FINAL=N ends every stage-2 run with N more steps of L1 alone (no discriminator, no CD), the learning rate
-# falling linearly towards 0 over the last N/2 of them (default 0: none).
+# L1FINAL="N ..." ends every stage-2 run with phases of L1 alone (no discriminator, no CD), one per number: N more
+# steps, the learning rate back at 4e-4 and falling linearly towards 0 over the last N/2 of them (default: none).
 #   STOP2=1250 THREADS=2 scripts/train_default.sh
 #   STOP2=3000 BATCH2=16 DEVICE=cuda WORKERS=4 scripts/train_default.sh
-#   STOP2=3000 L1FINAL=1000 scripts/train_default.sh
+#   STOP2=3000 L1FINAL="1000 1200" scripts/train_default.sh
 # The shipped model reached the same architecture by a longer path (README, "The default model").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ batch2=${BATCH2:-4}
 workers=${WORKERS:-1}
 device=${DEVICE:-auto}
 decay2=${DECAY2:-0}
-l1final=${L1FINAL:-0}
+l1final=${L1FINAL:-}
 export OMP_NUM_THREADS=${THREADS:-2}
 manifest=$runs/corpus/manifest.jsonl
 disc='model.discriminator={"filters": 8, "n_ffts": [1024, 256], "hop_lengths": [256, 64], "win_lengths": [1024, 256]}'
@@ -44,10 +44,11 @@ all_stage2() {  # [--set ...]: the full model and the two ablations
   stage2 stage2-no-cd "$runs/default/stage1/model" --set target_embedding=aet --set model.no_cd=true "$@"
 }
 all_stage2
-if [ "$l1final" -gt 0 ]; then  # the L1 phase: warm-up steps past STOP2, so every step up to the end is L1 alone
-  end=$((stop2 + l1final))
-  all_stage2 --steps "$end" --set stop_at="$end" --set warmup_steps="$end" --set lr_decay_steps=$((l1final / 2))
-fi
+end=$stop2
+for steps in $l1final; do  # an L1 phase: warm-up steps past its end, so every step up to the end is L1 alone
+  end=$((end + steps))
+  all_stage2 --steps "$end" --set stop_at="$end" --set warmup_steps="$end" --set lr_decay_steps=$((steps / 2))
+done
 
 for name in stage2 stage2-one-stage stage2-no-cd; do
   $hs export "$runs/default/$name/model" -o "$runs/bundles/$name" --overwrite
