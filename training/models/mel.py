@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.stft import computed_in_graph, onnx_constant, onnx_windowed_dft_basis, windowed_dft_basis
+from training.models.stft import (computed_in_graph, onnx_constant, onnx_windowed_dft_basis, periodic_hann,
+                                  windowed_dft_basis)
 
 # Slaney mel scale (Slaney's Auditory Toolbox, as in librosa.hz_to_mel with htk=False):
 # linear below 1 kHz with 200/3 Hz per mel, logarithmic above with 27 mels per factor 6.4 in frequency.
@@ -95,13 +96,6 @@ def mel_filter_bank(
     return filters
 
 
-def hann_window(length: int, periodic: bool = True) -> torch.Tensor:
-    """Hann window of ``length`` samples, float64 (periodic = the DFT-even form used for spectrograms)."""
-    span = length if periodic else length - 1
-    n = torch.arange(length, dtype=torch.float64)
-    return 0.5 - 0.5 * torch.cos(2.0 * math.pi * n / span)
-
-
 class PowerSpectrogram(nn.Module):
     """|STFT|^2 as a strided conv1d with a windowed DFT basis.
 
@@ -122,7 +116,7 @@ class PowerSpectrogram(nn.Module):
         self.n_freqs = n_fft // 2 + 1
         self.window = np.zeros(n_fft)
         left = (n_fft - win_length) // 2
-        self.window[left : left + win_length] = hann_window(win_length).numpy()
+        self.window[left : left + win_length] = periodic_hann(win_length)
         basis = windowed_dft_basis(self.window, n_fft, self.n_freqs).T  # (2 * n_freqs, n_fft)
         # Derived from the constructor arguments, so not saved in checkpoints.
         self.register_buffer("dft_basis", torch.tensor(basis[:, None, :], dtype=torch.float32), persistent=False)
