@@ -18,6 +18,7 @@ from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, RobertaTok
 from transformers.audio_utils import mel_filter_bank as reference_mel_filter_bank
 
 from training.config import get_config
+from training.data.manifest import CLIP_PEAK
 from training.models.clap import (
     AudioEmbeddingGraph,
     ClapAudioFrontEnd,
@@ -196,7 +197,7 @@ def test_hf_audio_and_text_graphs_export_to_onnx(hf_encoder, tmp_path):
     other_wave = torch.from_numpy(np.stack([realistic_signal(0.6, CLAP_RATE, seed=s) for s in (5, 6, 7)]))
     other_tokens = hf_encoder.tokenize(["rain", "the the the", "a thing"])
     with torch.no_grad():
-        audio_reference = hf_encoder.audio_features(other_wave).numpy()
+        audio_reference = AudioEmbeddingGraph(hf_encoder)(other_wave).numpy()
         text_reference = hf_encoder.text_features(**other_tokens).numpy()
     audio = onnx_session(tmp_path / "audio.onnx").run(None, {"wave": other_wave.numpy()})[0]
     text = onnx_session(tmp_path / "text.onnx").run(None, {k: v.numpy() for k, v in other_tokens.items()})[0]
@@ -291,11 +292,26 @@ def test_compact_graphs_export_to_onnx(compact, tmp_path):
     other_wave = torch.from_numpy(np.stack([realistic_signal(1.7, 44100, seed=s) for s in (1, 2, 3)]))
     with torch.no_grad():
         text_reference = compact.text_features(**other_tokens).numpy()
-        audio_reference = compact.audio_features(other_wave).numpy()
+        audio_reference = AudioEmbeddingGraph(compact)(other_wave).numpy()
     text = onnx_session(tmp_path / "text.onnx").run(None, {k: v.numpy() for k, v in other_tokens.items()})[0]
     audio = onnx_session(tmp_path / "audio.onnx").run(None, {"wave": other_wave.numpy()})[0]
     np.testing.assert_allclose(text, text_reference, atol=1e-4)
     np.testing.assert_allclose(audio, audio_reference, atol=1e-4)
+
+
+def test_audio_graph_embeds_a_quiet_clip_as_a_loud_one(compact):
+    """The tower's own embedding moves with the level; the exported graph brings each clip to the corpus's peak
+    first, so a clip 40 dB down (or one scaled to any peak) gets the embedding of the clip at CLIP_PEAK."""
+    wave = torch.from_numpy(np.stack([realistic_signal(1.0, 44100, seed=s) for s in (1, 2)]))
+    wave = wave * (CLIP_PEAK / wave.abs().amax(dim=-1, keepdim=True))
+    graph = AudioEmbeddingGraph(compact)
+    with torch.no_grad():
+        at_clip_peak = compact.audio_features(wave)
+        quiet = 0.01 * wave
+        assert not torch.allclose(compact.audio_features(quiet), at_clip_peak, atol=1e-3)
+        torch.testing.assert_close(graph(quiet), at_clip_peak, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(graph(wave / CLIP_PEAK), at_clip_peak, atol=1e-4, rtol=1e-4)
+        assert torch.isfinite(graph(torch.zeros(1, 44100))).all()
 
 
 @pytest.mark.parametrize("encoder_fixture", ["compact", "hf_encoder"])

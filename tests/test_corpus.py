@@ -11,10 +11,9 @@ import pytest
 import soundfile as sf
 
 from hybridsep_rt import cli
-from training.data import corpus
 from training.data.corpus import CATEGORIES, CorpusError, build_corpus, plan_corpus, render_clip
 from training.data.generation import CLIP_SECONDS
-from training.data.manifest import SPLITS, read_manifest
+from training.data.manifest import CLIP_PEAK, SPLITS, read_manifest
 from training.data.midi import INSTRUMENTS_BY_KEYWORD, Note, find_soundfont, instrument_notes, midi_file
 from training.data.mixer import MixtureDataset
 
@@ -52,7 +51,7 @@ def test_build_gives_a_valid_manifest(built):
         assert clip.source in {"fluidsynth", "espeak-ng", "numpy"}
         wave, rate = sf.read(clip.path, dtype="float32", always_2d=True)
         assert rate == 44100 and wave.shape == (441000, 1)
-        assert np.max(np.abs(wave)) == pytest.approx(corpus.PEAK, abs=1e-3)
+        assert np.max(np.abs(wave)) == pytest.approx(CLIP_PEAK, abs=1e-3)
         assert np.sqrt(np.mean(wave**2)) > 10 ** (-40 / 20)  # well above silence
     assert not list(out.rglob(".*.part"))
 

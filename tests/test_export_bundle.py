@@ -21,6 +21,7 @@ from hybridsep_rt.cli import main as hybridsep
 from hybridsep_rt.engine import Query
 from hybridsep_rt.separator import OnnxSeparator, fit_to_window
 from training.config import get_config
+from training.models.clap import AudioEmbeddingGraph
 from training.models.hybridsep import HybridSep
 
 WINDOW_SECONDS = 1.0
@@ -122,7 +123,8 @@ def test_runtime_embeddings_match_torch(model, separator):
 
     clip = synthetic_audio(model.cfg.window_samples // 2, model.cfg.sample_rate, seed=3)
     with torch.no_grad():
-        expected = model.clap.audio_features(torch.from_numpy(fit_to_window(clip, model.cfg.window_samples))[None])
+        wave = torch.from_numpy(fit_to_window(clip, model.cfg.window_samples))[None]
+        expected = AudioEmbeddingGraph(model.clap)(wave)
     condition = separator.prepare(Query(example=clip))
     assert condition.kind == "example"
     assert snr_db(expected.numpy(), condition.embedding) >= 50

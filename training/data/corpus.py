@@ -42,13 +42,12 @@ from tqdm import tqdm
 from hybridsep_rt.atomic import atomic_write_text
 from training.data.audio import fit_length, write_audio
 from training.data.generation import CLIP_SAMPLES, CLIP_SECONDS, SAMPLE_RATE, CorpusError
-from training.data.manifest import SILENCE_PEAK, SPLITS, Clip, write_manifest
+from training.data.manifest import CLIP_PEAK, SILENCE_PEAK, SPLITS, Clip, write_manifest
 from training.data.midi import FLUIDSYNTH, INSTRUMENTS, describe_instrument, find_soundfont, render_instrument
 from training.data.sounds import SOUNDS, describe_sound, render_sound
 from training.data.speech import ESPEAK, describe_speech, render_speech
 
 HELD_OUT_FRACTION = 0.1  # of the clips go to each of valid and test; the rest to train
-PEAK = 10.0 ** (-1.0 / 20.0)  # clips are stored peak-normalised to -1 dBFS
 FADE_SECONDS = 0.02  # fade-out at the cut end of a clip
 CORPUS_FORMAT = 1  # bump when a change alters the audio a seed produces
 MANIFEST_NAME = "manifest.jsonl"
@@ -138,7 +137,7 @@ def plan_corpus(hours: float, seed: int) -> list[ClipPlan]:
 
 
 def synthesize(plan: ClipPlan, soundfont: Path) -> np.ndarray:
-    """The clip's audio: float32 (CLIP_SAMPLES,), peak-normalised to PEAK."""
+    """The clip's audio: float32 (CLIP_SAMPLES,), peak-normalised to CLIP_PEAK."""
     with tempfile.TemporaryDirectory(prefix="corpus-") as workdir:
         if plan.category.generator == "instrument":
             wave = render_instrument(plan.params, soundfont, Path(workdir))
@@ -152,7 +151,7 @@ def synthesize(plan: ClipPlan, soundfont: Path) -> np.ndarray:
     peak = float(np.max(np.abs(wave)))
     if not np.isfinite(peak) or peak < SILENCE_PEAK:
         raise CorpusError(f"{plan.relative_path} rendered as silence or NaN (peak {peak}): {plan.params}")
-    return (wave * (PEAK / peak)).astype(np.float32)
+    return (wave * (CLIP_PEAK / peak)).astype(np.float32)
 
 
 def render_clip(plan: ClipPlan, out_dir: Path, soundfont: Path) -> bool:

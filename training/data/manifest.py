@@ -34,6 +34,8 @@ REQUIRED_FIELDS = ("path", "keywords", "captions", "source", "split")
 SILENCE_PEAK = 10.0 ** (-80.0 / 20.0)
 # The mixer scales every training mixture so that its largest peak is this; the model brings each input to it.
 MIXTURE_PEAK = 0.9
+# The corpus stores every clip peak-normalised to -1 dBFS; the CLAP audio graph brings each input to it.
+CLIP_PEAK = 10.0 ** (-1.0 / 20.0)
 
 
 class ManifestError(ValueError):

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from training.config import ASMConfig, HybridSepConfig
-from training.data.manifest import MIXTURE_PEAK, SILENCE_PEAK
+from training.data.manifest import MIXTURE_PEAK
 from training.models.beats import BEATs
 from training.models.blocks import TRCNN, FrequencyAxisAttention, TargetEmbeddingCrossAttention
+from training.models.level import peak_gain
 from training.models.pqmf import PQMF
 from training.models.resample import Resample
 from training.models.stft import STFT
@@ -65,9 +66,8 @@ class SubbandSpectrogram(nn.Module):
 def input_gain(mixture: torch.Tensor) -> torch.Tensor:
     """(B, N) -> (B, 1): the gain that brings each mixture's peak to the training mixtures' peak. The model only
     learns mixtures at that level and separates quieter ones worse (docs/eval: "Input level"), so every input is
-    scaled to it first and the output scaled back. A silent input (peak under -80 dBFS) gets the gain of that
-    floor."""
-    return MIXTURE_PEAK / mixture.abs().amax(dim=-1, keepdim=True).clamp_min(SILENCE_PEAK)
+    scaled to it first and the output scaled back."""
+    return peak_gain(mixture, MIXTURE_PEAK)
 
 
 def compress(spec: torch.Tensor, power: float) -> torch.Tensor:

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybridsep_rt.atomic import atomic_path, atomic_write_text
+from training.data.manifest import CLIP_PEAK
+from training.models.level import peak_gain
 from training.models.mel import LogMelConfig, LogMelSpectrogram
 from training.models.resample import Resample
 
@@ -151,7 +153,9 @@ class TextEmbeddingGraph(nn.Module):
 
 
 class AudioEmbeddingGraph(nn.Module):
-    """The audio graph to export: wave (B, N) at the encoder's input_rate -> (B, D)."""
+    """The audio graph to export: wave (B, N) at the encoder's input_rate -> (B, D). The tower learned clips at the
+    corpus's peak (CLIP_PEAK) and its embedding moves with the level, so each wave is brought to that peak first:
+    a quiet example queries like a loud one, and CLAPScore_A and FAD compare content, not loudness."""
 
     def __init__(self, encoder: AudioTextEncoder):
         super().__init__()
@@ -159,7 +163,7 @@ class AudioEmbeddingGraph(nn.Module):
         self.eval()
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.encoder.audio_features(wave)
+        return self.encoder.audio_features(wave * peak_gain(wave, CLIP_PEAK))
 
 
 def _resampler(input_rate: int, tower_rate: int) -> nn.Module:
