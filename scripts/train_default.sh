@@ -9,7 +9,7 @@
 # steps, the learning rate back at 4e-4 and falling linearly towards 0 over the last N/2 of them (default: none).
 #   STOP2=1250 THREADS=2 scripts/train_default.sh
 #   STOP2=3000 BATCH2=16 DEVICE=cuda WORKERS=4 scripts/train_default.sh
-#   STOP2=3000 L1FINAL="1000 1200" scripts/train_default.sh
+#   STOP2=3000 L1FINAL="1000 1200 3060" scripts/train_default.sh
 # The shipped model reached the same architecture by a longer path (README, "The default model").
 set -euo pipefail
 cd "$(dirname "$0")/.."
