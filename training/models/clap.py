@@ -153,9 +153,10 @@ class TextEmbeddingGraph(nn.Module):
 
 
 class AudioEmbeddingGraph(nn.Module):
-    """The audio graph to export: wave (B, N) at the encoder's input_rate -> (B, D). The tower learned clips at the
-    corpus's peak (CLIP_PEAK) and its embedding moves with the level, so each wave is brought to that peak first:
-    a quiet example queries like a loud one, and CLAPScore_A and FAD compare content, not loudness."""
+    """The audio graph to export: wave (B, N) at the encoder's input_rate -> (B, D). An audio tower's embedding moves
+    with the level, and the compact one learned clips at the corpus's peak (CLIP_PEAK), so each wave is brought to
+    that peak first: a quiet example queries like a loud one, and CLAPScore_A and FAD compare content, not
+    loudness."""
 
     def __init__(self, encoder: AudioTextEncoder):
         super().__init__()
