@@ -58,3 +58,19 @@ def test_a_quiet_recording_separates_as_well_as_a_loud_one():
         scores.append(score(gain * reference, separated, gain * mixture)["sdri"])
     assert scores[0] > 3.0, scores
     assert abs(scores[1] - scores[0]) < 0.05, scores
+
+
+def test_a_quiet_example_clip_queries_like_a_loud_one():
+    """Query by example: the siren's second 10 s of the demo scene, at its level and 30 dB down, picks the siren
+    out of the first 10 s equally well."""
+    scene = load_scene(DEFAULT_DEMO)
+    separator = OnnxSeparator(DEFAULT, device="cpu", threads=2)
+    w = separator.window_samples
+    mixture, reference = scene.mixture[:1, :w], scene.references["siren"][:1, :w]
+    example = scene.references["siren"][0, w:2 * w]
+    scores = []
+    for gain in (1.0, 10 ** (-30 / 20)):
+        condition = separator.prepare(Query(example=gain * example))
+        scores.append(score(reference, separator.separate(mixture, condition), mixture)["sdri"])
+    assert scores[0] > 3.0, scores
+    assert abs(scores[1] - scores[0]) < 0.05, scores
