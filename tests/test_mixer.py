@@ -109,11 +109,13 @@ def test_mixtures_follow_the_paper_rules(seed, ratio, sources, caption_probabili
         _check(mixer.sample(), cfg)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_both_protocols_and_all_source_counts_occur(seed):
+    # about half the draws are keyword mixtures and each source count a third of those: 400 draws all but rule
+    # out missing a case, where 60 could (seed 1909461: 19 keyword mixtures, none of 3 sources)
     mixer = _mixer(_config((-20, 20), (2, 4), 0.5), seed)
-    examples = [mixer.sample() for _ in range(60)]
+    examples = [mixer.sample() for _ in range(400)]
     assert {example.kind for example in examples} == {"keyword", "caption"}
     assert {example.sources.shape[0] for example in examples if example.kind == "keyword"} == {2, 3, 4}
 
