@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from hybridsep_rt.bundle import Bundle
 from hybridsep_rt.cli import main as hybridsep
@@ -43,15 +44,23 @@ def test_make_demo_runs_on_the_default_bundle(tmp_path, capsys):
     assert all(np.isfinite(q[mode]["sdri"]) for q in scores["queries"] for mode in ("extract", "remove"))
 
 
-def test_a_quiet_recording_separates_as_well_as_a_loud_one():
-    """The first 10 s of the demo scene, as shipped and 30 dB down (a quiet microphone): the siren comes out
-    equally well."""
+@pytest.fixture(scope="module")
+def siren_scene():
+    """The default bundle's separator and, from the demo scene, the first 10 s (mixture, siren reference) and the
+    siren's second 10 s."""
     scene = load_scene(DEFAULT_DEMO)
     separator = OnnxSeparator(DEFAULT, device="cpu", threads=2)
     assert scene.sample_rate == separator.sample_rate
-    condition = separator.prepare(Query(text="siren"))
     w = separator.window_samples
-    mixture, reference = scene.mixture[:1, :w], scene.references["siren"][:1, :w]
+    siren = scene.references["siren"]
+    return separator, scene.mixture[:1, :w], siren[:1, :w], siren[0, w:2 * w]
+
+
+def test_a_quiet_recording_separates_as_well_as_a_loud_one(siren_scene):
+    """The first 10 s of the demo scene, as shipped and 30 dB down (a quiet microphone): the siren comes out
+    equally well."""
+    separator, mixture, reference, _ = siren_scene
+    condition = separator.prepare(Query(text="siren"))
     scores = []
     for gain in (1.0, 10 ** (-30 / 20)):
         separated = separator.separate(gain * mixture, condition)
@@ -60,14 +69,10 @@ def test_a_quiet_recording_separates_as_well_as_a_loud_one():
     assert abs(scores[1] - scores[0]) < 0.05, scores
 
 
-def test_a_quiet_example_clip_queries_like_a_loud_one():
+def test_a_quiet_example_clip_queries_like_a_loud_one(siren_scene):
     """Query by example: the siren's second 10 s of the demo scene, at its level and 30 dB down, picks the siren
     out of the first 10 s equally well."""
-    scene = load_scene(DEFAULT_DEMO)
-    separator = OnnxSeparator(DEFAULT, device="cpu", threads=2)
-    w = separator.window_samples
-    mixture, reference = scene.mixture[:1, :w], scene.references["siren"][:1, :w]
-    example = scene.references["siren"][0, w:2 * w]
+    separator, mixture, reference, example = siren_scene
     scores = []
     for gain in (1.0, 10 ** (-30 / 20)):
         condition = separator.prepare(Query(example=gain * example))
