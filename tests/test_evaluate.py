@@ -2,6 +2,7 @@
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -14,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from training import evaluate as ev
+from training.data.manifest import read_manifest
 from training.data.mixer import Example
 
 RATE = 8000
@@ -136,18 +138,19 @@ def test_table_has_the_shape_of_table_2():
 # ---------------------------------------------------------------------------------------------- test sets
 
 
-def _write_corpus(folder: Path) -> Path:
-    """A test split of 12 labelled clips (tones and noises) and its manifest."""
+def _write_corpus(folder: Path, valid: bool = False) -> Path:
+    """A test split of 12 labelled clips (tones and noises) and its manifest; with `valid`, a valid split of 6 more,
+    one per class, clip `12 + k` a tone of 150 (13 + k) Hz."""
     rng = np.random.default_rng(7)
     rows = []
     labels = [(["piano"], ["a piano plays a tune"]), (["dog"], ["a dog barks twice"]), (["rain"], []),
               (["speech"], ["a man speaks slowly"]), (["bird"], ["birds chirp"]), (["car"], ["a car drives past"])]
-    for index in range(12):
+    for index in range(18 if valid else 12):
         keywords, captions = labels[index % len(labels)]
         path = folder / f"clip{index}.wav"
         sf.write(path, (_tone(150.0 * (index + 1), rng) * rng.uniform(0.3, 1.0)).astype(np.float32), RATE)
         rows.append({"path": path.name, "keywords": keywords, "captions": captions, "source": "test",
-                     "split": "test"})
+                     "split": "test" if index < 12 else "valid"})
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return manifest
@@ -320,6 +323,63 @@ def test_other_query_control_row(tmp_path):
         ev.evaluate_separators(separators, manifest, "test", {"keyword": 6, "caption": 0}, other_query="nope")
 
 
+class ExampleEchoSeparator(FakeSeparator):
+    """Outputs the mixture when queried by an example clip at `keep` Hz and silence for any other query."""
+
+    def __init__(self, keep: float, **kwargs):
+        super().__init__(**kwargs)
+        self.keep = keep
+
+    def prepare(self, query):
+        if query.example is None:
+            return "text"
+        spectrum = np.abs(np.fft.rfft(query.example))
+        return float(np.argmax(spectrum) * self.sample_rate / query.example.shape[-1])
+
+    def separate(self, window, condition):
+        return window if condition == pytest.approx(self.keep, abs=2.0) else 0.0 * window
+
+
+def test_example_query_row(tmp_path):
+    manifest = _write_corpus(tmp_path, valid=True)
+    examples = ev.make_test_set(manifest, "test", "keyword", 6, 0, RATE, segment_seconds=SECONDS, progress=False)
+    clips = ev.example_clips(read_manifest(manifest).split("valid"), RATE)
+    assert set(clips) == {"piano", "dog", "rain", "speech", "bird", "car"}
+    piano = 150.0 * 13  # the first valid clip: a piano, clip12
+    follower = ExampleEchoSeparator(piano)
+    system = ev.example_query_system(follower, RATE, examples, clips)
+    for example in examples:
+        expected = example.mixture if ev.class_of(example.clips[0]) == "piano" else 0.0 * example.mixture
+        np.testing.assert_allclose(system(example.mixture, example.query), expected, atol=1e-5)
+    assert any(ev.class_of(example.clips[0]) == "piano" for example in examples)
+    with pytest.raises(ValueError, match="no example clip for the classes \\['car'"):
+        ev.example_query_system(follower, RATE, examples, {k: v for k, v in clips.items() if k != "car"})
+    other = next(example for example in examples if example.query != examples[0].query)
+    confused = [examples[0], dataclasses.replace(other, query=examples[0].query)]
+    with pytest.raises(ValueError, match="names two classes"):
+        ev.example_query_system(follower, RATE, confused, clips)
+
+    separators = {"half": FakeSeparator(), "echo": ExampleEchoSeparator(piano)}
+    results = ev.evaluate_separators(separators, manifest, "test", {"keyword": 6, "caption": 4}, seed=0,
+                                     segment_seconds=SECONDS, progress=False, example_query="echo")
+    for result in results.values():
+        assert result.systems == [ev.NO_PROCESSING, ev.ORACLE_IRM, "half", "echo", "echo, example clip"]
+        np.testing.assert_allclose(result.scores["echo"]["sdr"], 0.0, atol=1e-6)  # text queries: silence
+    drawn = ev.make_test_set(manifest, "test", "keyword", 6, 0, RATE, segment_seconds=SECONDS)
+    is_piano = np.array([ev.class_of(example.clips[0]) == "piano" for example in drawn])
+    ka = results["KA"].scores
+    np.testing.assert_allclose(ka["echo, example clip"]["sdr"],
+                               np.where(is_piano, ka[ev.NO_PROCESSING]["sdr"], 0.0), atol=1e-4)
+    with pytest.raises(ValueError, match="another split"):
+        ev.evaluate_separators(separators, manifest, "test", {"keyword": 6, "caption": 0}, example_query="echo",
+                               example_split="test")
+    with pytest.raises(ValueError, match="not one of the bundles"):
+        ev.evaluate_separators(separators, manifest, "test", {"keyword": 6, "caption": 0}, example_query="nope")
+    with pytest.raises(ValueError, match="no labelled clips in split 'train'"):
+        ev.evaluate_separators(separators, manifest, "test", {"keyword": 6, "caption": 0}, example_query="echo",
+                               example_split="train")
+
+
 def test_eval_command(tmp_path, monkeypatch, capsys):
     manifest = _write_corpus(tmp_path)
     module = types.ModuleType("hybridsep_rt.separator")
@@ -338,5 +398,9 @@ def test_eval_command(tmp_path, monkeypatch, capsys):
     duplicate = parser.parse_args(["--manifest", str(manifest), "--bundle", "a=x", "--bundle", "a=y", "-o", str(out)])
     assert ev.run(duplicate) == ev.EXIT_USAGE
     assert "distinct" in capsys.readouterr().err
+    no_examples = parser.parse_args(["--manifest", str(manifest), "--bundle", f"tiny={tmp_path}", "--keyword-n", "5",
+                                     "--caption-n", "0", "-o", str(out), "--quiet", "--example-query", "tiny"])
+    assert ev.run(no_examples) == ev.EXIT_USAGE  # this corpus has no valid split
+    assert "no labelled clips in split 'valid'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["--manifest", str(manifest), "--bundle", "no-equals-sign", "-o", str(out)])

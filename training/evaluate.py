@@ -12,7 +12,9 @@ Two test sets are drawn from a manifest split with the mixer's evaluation rules:
 Every system is scored per example with SDR, SDRi, SI-SDR, CLAPScore and CLAPScore_A, and per test set with
 the FAD between its separated audio and the targets in CLAP embedding space (`training.metrics`). The rows
 "No processing" (the mixture itself) and "Oracle IRM" (the ideal ratio mask from the true sources) are
-always added. OUTDIR receives table.md, table.csv and one per-example CSV per test set.
+always added; control rows can be asked for: the model given another class's query, or queried by an example
+clip of the target's class instead of the text. OUTDIR receives table.md, table.csv and one per-example CSV per
+test set.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ import numpy as np
 from training.metrics import clap_score, clap_score_a, frechet_distance, oracle_irm, sdr, sdri, si_sdr
 
 if TYPE_CHECKING:
-    from hybridsep_rt.engine import Separator
-    from training.data.manifest import Manifest
+    from hybridsep_rt.engine import Query, Separator
+    from training.data.manifest import Clip, Manifest
     from training.data.mixer import Example
 
 System = Callable[[np.ndarray, str], np.ndarray]  # (mixture (N,), query) -> estimate (N,)
@@ -389,7 +391,7 @@ def examples_csv(results: EvalResults) -> str:
 
 
 def offline_system(separator: Separator, input_rate: int, hop_seconds: float | None = None,
-                   lookahead_seconds: float | None = None) -> System:
+                   lookahead_seconds: float | None = None, query_of: Callable[[str], Query] | None = None) -> System:
     """A separator (hybridsep_rt.engine.Separator protocol) as an evaluation system.
 
     The mixture is resampled to the separator's rate when needed, separated by weighted overlap-add of
@@ -397,8 +399,9 @@ def offline_system(separator: Separator, input_rate: int, hop_seconds: float | N
     to `input_rate` and its length. `hop_seconds=None` hops by a whole window, so a mixture one window
     long is one model call. `lookahead_seconds` applies the streaming rule (a window contributes to a sample
     only if it ends at most hop + lookahead after it), so hop 1 s with lookahead 1 s scores exactly what
-    `hybridsep stream` outputs at its defaults; None uses every covering window. Conditions are prepared
-    once per distinct query.
+    `hybridsep stream` outputs at its defaults; None uses every covering window. `query_of` turns the test
+    set's query into what the separator is asked (default: that text). Conditions are prepared once per
+    distinct query.
     """
     from hybridsep_rt.engine import Query
     from hybridsep_rt.overlap import separate_offline
@@ -407,11 +410,12 @@ def offline_system(separator: Separator, input_rate: int, hop_seconds: float | N
     rate = separator.sample_rate
     hop = separator.window_samples if hop_seconds is None else int(round(hop_seconds * rate))
     lookahead = None if lookahead_seconds is None else int(round(lookahead_seconds * rate))
+    query_of = query_of or (lambda text: Query(text=text))
     conditions: dict[str, Any] = {}
 
     def separate(mixture: np.ndarray, query: str) -> np.ndarray:
         if query not in conditions:
-            conditions[query] = separator.prepare(Query(text=query))
+            conditions[query] = separator.prepare(query_of(query))
         wave = resample(np.asarray(mixture, dtype=np.float32), input_rate, rate)
         estimate = separate_offline(wave[None], separator, conditions[query], hop_samples=hop,
                                     lookahead_samples=lookahead)[0]
@@ -428,6 +432,46 @@ def other_query_system(system: System, queries: Sequence[str]) -> System:
         raise ValueError("the other-query control needs a test set with at least two distinct queries")
     other = {query: distinct[(i + 1) % len(distinct)] for i, query in enumerate(distinct)}
     return lambda mixture, query: system(mixture, other[query])
+
+
+def class_of(clip: Clip) -> str:
+    """A clip's class: its first keyword."""
+    return clip.keywords[0]
+
+
+def example_clips(clips: Sequence[Clip], sample_rate: int) -> dict[str, np.ndarray]:
+    """One example clip per class: the first clip of each class in `clips`, mono at `sample_rate`."""
+    from training.data.audio import load_audio
+
+    examples: dict[str, np.ndarray] = {}
+    for clip in clips:
+        if clip.keywords and class_of(clip) not in examples:
+            examples[class_of(clip)] = load_audio(clip.path, sample_rate)
+    return examples
+
+
+def example_query_system(separator: Separator, input_rate: int, examples: Sequence[Example],
+                         clips_by_class: Mapping[str, np.ndarray], hop_seconds: float | None = None,
+                         lookahead_seconds: float | None = None) -> System:
+    """`separator` queried by example: each mixture is separated with an example clip of its target's class
+    (`clips_by_class`, at the separator's rate: e.g. `example_clips` of another split, so never a clip of the
+    mixture itself) instead of the text. A query's class is that of the targets it was drawn for; one query
+    naming two classes is an error."""
+    from hybridsep_rt.engine import Query
+
+    classes: dict[str, str] = {}
+    for example in examples:
+        if not example.clips:
+            raise ValueError("query by example needs test examples that record their clips")
+        label = class_of(example.clips[0])
+        if classes.setdefault(example.query, label) != label:
+            raise ValueError(f"the query {example.query!r} names two classes, {classes[example.query]!r} and "
+                             f"{label!r}: query by example cannot tell which clip to use")
+    missing = sorted(set(classes.values()) - set(clips_by_class))
+    if missing:
+        raise ValueError(f"no example clip for the classes {missing}")
+    return offline_system(separator, input_rate, hop_seconds, lookahead_seconds,
+                          lambda query: Query(example=clips_by_class[classes[query]]))
 
 
 def clap_embedders(separator: Any, input_rate: int) -> tuple[EmbedAudio, EmbedText]:
@@ -463,23 +507,39 @@ def evaluate_separators(
     lookahead_seconds: float | None = None,
     progress: bool = True,
     other_query: str | None = None,
+    example_query: str | None = None,
+    example_split: str = "valid",
 ) -> dict[str, EvalResults]:
     """Evaluate separators on the KA and DE-S-like sets drawn at the first separator's rate.
 
     `sizes` maps "keyword" / "caption" to the number of mixtures (0 skips the set; default 300 each).
     CLAP embeddings come from the first separator (`clap_embedders`). `other_query` names a separator that also
-    gets a control row, "NAME, other query" (`other_query_system`).
+    gets a control row, "NAME, other query" (`other_query_system`). `example_query` names one that also gets a
+    row "NAME, example clip": queried by the first clip of the target's class in `example_split`
+    (`example_query_system`).
     """
     if not separators:
         raise ValueError("no separators to evaluate")
-    if other_query is not None and other_query not in separators:
-        raise ValueError(f"--other-query {other_query!r} is not one of the bundles {sorted(separators)}")
+    for flag, name in (("--other-query", other_query), ("--example-query", example_query)):
+        if name is not None and name not in separators:
+            raise ValueError(f"{flag} {name!r} is not one of the bundles {sorted(separators)}")
+    if example_query is not None and example_split == split:
+        raise ValueError(f"the example clips must come from another split than the test mixtures ({split!r})")
     sizes = dict(sizes or {"keyword": 300, "caption": 300})
     first = next(iter(separators.values()))
     rate = first.sample_rate
     systems = {name: offline_system(separator, rate, hop_seconds, lookahead_seconds)
                for name, separator in separators.items()}
     embed_audio, embed_text = clap_embedders(first, rate)
+    clips_by_class = {}
+    if example_query is not None:
+        from training.data.manifest import read_manifest
+
+        clips_by_class = example_clips(read_manifest(manifest, check_audio=False).split(example_split),
+                                       separators[example_query].sample_rate)
+        if not clips_by_class:
+            raise ValueError(f"manifest {manifest} has no labelled clips in split {example_split!r} "
+                             "for query by example")
     results = {}
     for kind, n in sizes.items():
         if n <= 0:
@@ -494,6 +554,9 @@ def evaluate_separators(
         if other_query is not None:
             rows[f"{other_query}, other query"] = other_query_system(systems[other_query],
                                                                      [example.query for example in examples])
+        if example_query is not None:
+            rows[f"{example_query}, example clip"] = example_query_system(
+                separators[example_query], rate, examples, clips_by_class, hop_seconds, lookahead_seconds)
         results[name] = evaluate(rows, examples, embed_audio, embed_text, progress=progress,
                                  description=f"evaluating {name}")
     return results
@@ -572,6 +635,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add a control row for bundle NAME separating every mixture with another class's query "
                              "(the next distinct query of the test set): a model that ignores the query scores the "
                              "same there")
+    parser.add_argument("--example-query", metavar="NAME", default=None,
+                        help="add a row for bundle NAME queried by example: each mixture separated with a clip of "
+                             "its target's class from --example-split instead of the text")
+    parser.add_argument("--example-split", default="valid", metavar="SPLIT",
+                        help="manifest split of the example clips, the first clip of each class (default: valid)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -590,7 +658,8 @@ def run(args: argparse.Namespace) -> int:
         results = evaluate_separators(
             separators, args.manifest, args.split, {"keyword": args.keyword_n, "caption": args.caption_n},
             args.seed, args.cache, args.hop_seconds, lookahead_seconds=args.lookahead_seconds,
-            progress=not args.quiet, other_query=args.other_query,
+            progress=not args.quiet, other_query=args.other_query, example_query=args.example_query,
+            example_split=args.example_split,
         )
     except (BundleError, OSError, ValueError) as error:
         return _fail(str(error))
