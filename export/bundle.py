@@ -159,7 +159,8 @@ def graph_exports(model: HybridSep, audio: np.ndarray | None) -> list[GraphExpor
                     {"input_ids": {1: "tokens"}, "attention_mask": {1: "tokens"}}),
         GraphExport(ASM, ASMGraph(model), (noise[:1], unit[:1]),
                     {"random": (noise, unit), "real": (real, target_emb)}),
-        GraphExport(AUDIO_ENCODER, AudioEmbeddingGraph(clap), (noise[:1],), {"random": (noise,), "real": (real,)}),
+        GraphExport(AUDIO_ENCODER, AudioEmbeddingGraph(clap, model.example_peak), (noise[:1],),
+                    {"random": (noise,), "real": (real,)}),
     ]
     if model.aet is not None:
         exports.insert(1, GraphExport(AET, AETGraph(model), (noise[:1], unit[:1]),

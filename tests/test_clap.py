@@ -18,7 +18,7 @@ from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, RobertaTok
 from transformers.audio_utils import mel_filter_bank as reference_mel_filter_bank
 
 from training.config import get_config
-from training.data.manifest import CLIP_PEAK
+from training.data.manifest import CLIP_PEAK, TARGET_PEAK
 from training.models.clap import (
     AudioEmbeddingGraph,
     ClapAudioFrontEnd,
@@ -312,6 +312,9 @@ def test_audio_graph_embeds_a_quiet_clip_as_a_loud_one(compact):
         torch.testing.assert_close(graph(quiet), at_clip_peak, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(graph(wave / CLIP_PEAK), at_clip_peak, atol=1e-4, rtol=1e-4)
         assert torch.isfinite(graph(torch.zeros(1, 44100))).all()
+        at_target_peak = compact.audio_features(wave * (TARGET_PEAK / CLIP_PEAK))
+        torch.testing.assert_close(AudioEmbeddingGraph(compact, TARGET_PEAK)(quiet), at_target_peak, atol=1e-4,
+                                   rtol=1e-4)
 
 
 @pytest.mark.parametrize("encoder_fixture", ["compact", "hf_encoder"])

@@ -21,6 +21,7 @@ from hybridsep_rt.cli import main as hybridsep
 from hybridsep_rt.engine import Query
 from hybridsep_rt.separator import OnnxSeparator, fit_to_window
 from training.config import get_config
+from training.data.manifest import CLIP_PEAK, TARGET_PEAK
 from training.models.clap import AudioEmbeddingGraph
 from training.models.hybridsep import HybridSep
 
@@ -122,12 +123,15 @@ def test_runtime_embeddings_match_torch(model, separator):
     assert min_cosine(expected, got) >= INT8_MIN_COSINE and abs(np.linalg.norm(got) - 1) < 1e-5
 
     clip = synthetic_audio(model.cfg.window_samples // 2, model.cfg.sample_rate, seed=3)
+    assert model.example_peak == TARGET_PEAK  # a two-stage model: examples at the level of the AET's targets
     with torch.no_grad():
         wave = torch.from_numpy(fit_to_window(clip, model.cfg.window_samples))[None]
-        expected = AudioEmbeddingGraph(model.clap)(wave)
+        expected = AudioEmbeddingGraph(model.clap, TARGET_PEAK)(wave)
+        at_clip_peak = AudioEmbeddingGraph(model.clap, CLIP_PEAK)(wave)
     condition = separator.prepare(Query(example=clip))
     assert condition.kind == "example"
     assert snr_db(expected.numpy(), condition.embedding) >= 50
+    assert snr_db(at_clip_peak.numpy(), condition.embedding) < 50
 
 
 def test_runtime_separation_matches_torch(model, separator):
@@ -276,6 +280,11 @@ def test_one_stage_model_exports_with_the_cli_and_separates(one_stage_dir, tmp_p
         expected = model(torch.from_numpy(window), model.clap.embed_text(["a violin"]).repeat(2, 1)).numpy()
     got = separator.separate(window, separator.prepare(Query(text="a violin")))
     assert snr_db(expected, got) >= 50
+    clip = synthetic_audio(model.cfg.window_samples, model.cfg.sample_rate, seed=6)
+    assert model.example_peak == CLIP_PEAK  # a one-stage model learned text, aligned with clips at the corpus's peak
+    with torch.no_grad():
+        expected = AudioEmbeddingGraph(model.clap, CLIP_PEAK)(torch.from_numpy(clip)[None]).numpy()
+    assert snr_db(expected, separator.prepare(Query(example=clip)).embedding) >= 50
 
     # An existing bundle is only replaced with --overwrite.
     assert hybridsep(["export", str(model_dir), "-o", str(out)]) == 2

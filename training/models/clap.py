@@ -154,17 +154,18 @@ class TextEmbeddingGraph(nn.Module):
 
 class AudioEmbeddingGraph(nn.Module):
     """The audio graph to export: wave (B, N) at the encoder's input_rate -> (B, D). An audio tower's embedding moves
-    with the level, and the compact one learned clips at the corpus's peak (CLIP_PEAK), so each wave is brought to
-    that peak first: a quiet example queries like a loud one, and CLAPScore_A and FAD compare content, not
-    loudness."""
+    with the level, so each wave is brought to one peak first: a quiet example queries like a loud one, and
+    CLAPScore_A and FAD compare content, not loudness. `peak` is the level the model's conditions were learned at
+    (`HybridSep.example_peak`); the compact tower learned clips at the corpus's peak (CLIP_PEAK)."""
 
-    def __init__(self, encoder: AudioTextEncoder):
+    def __init__(self, encoder: AudioTextEncoder, peak: float = CLIP_PEAK):
         super().__init__()
         self.encoder = encoder
+        self.peak = peak
         self.eval()
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.encoder.audio_features(wave * peak_gain(wave, CLIP_PEAK))
+        return self.encoder.audio_features(wave * peak_gain(wave, self.peak))
 
 
 def _resampler(input_rate: int, tower_rate: int) -> nn.Module:

@@ -17,6 +17,7 @@ from torch import nn
 
 from hybridsep_rt.atomic import atomic_path
 from training.config import HybridSepConfig, with_overrides
+from training.data.manifest import CLIP_PEAK, TARGET_PEAK
 from training.models.aet import AudioEmbeddingTransformer, FeatureExtractor
 from training.models.asm import AudioSeparationModel, input_gain
 from training.models.beats import BEATs
@@ -71,6 +72,14 @@ class HybridSep(nn.Module):
         for m in self.frozen_modules():
             m.eval()  # frozen encoders keep their inference behaviour (dropout, layer drop) in training
         return self
+
+    @property
+    def example_peak(self) -> float:
+        """The peak an example clip is brought to before its audio embedding stands in for the condition (query by
+        example): a two-stage ASM learned the AET's predictions of the targets' embeddings at their level in the
+        training mixtures (TARGET_PEAK); a one-stage ASM learned text embeddings, which stage 0 aligned with clips
+        at the corpus's peak (CLIP_PEAK)."""
+        return CLIP_PEAK if self.aet is None else TARGET_PEAK
 
     def target_embedding(self, mixture: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """Stage 1 (2.1): the predicted target audio embedding; the text embedding itself when one_stage."""

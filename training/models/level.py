@@ -1,6 +1,6 @@
-"""Input levels. The separator knows only the training mixtures' peak (MIXTURE_PEAK) and the compact CLAP audio
-tower the corpus clips' peak (CLIP_PEAK), so their inputs are scaled to that level first (docs/eval: "Input
-level")."""
+"""Input levels. The separator knows only the training mixtures' peak (MIXTURE_PEAK), and its conditions only
+audio embeddings of clips at one level (`HybridSep.example_peak`), so their inputs are scaled to that level
+first (docs/eval: "Input level")."""
 
 from __future__ import annotations
 
