@@ -435,8 +435,8 @@ def other_query_system(system: System, queries: Sequence[str]) -> System:
 
 
 def class_of(clip: Clip) -> str:
-    """A clip's class: its first keyword."""
-    return clip.keywords[0]
+    """A clip's class: its first keyword, compared case-insensitively as the mixer compares keywords."""
+    return clip.keywords[0].strip().lower()
 
 
 def example_clips(clips: Sequence[Clip], sample_rate: int) -> dict[str, np.ndarray]:
