@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-GRAPH_ORDER = ("text_encoder", "audio_encoder", "aet", "asm")
+GRAPH_ORDER = ("text_encoder", "audio_encoder", "aet", "asm", "tagger")
+SSL_FEATURES = "ssl_features"  # the SSL encoder inside the ASM, timed on its own
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +121,8 @@ def measure_preset(preset: str, device: str, threads: int, repeats: int, hops: l
             figures["onnxruntime_s"] = _median_time(lambda: runner.run(feeds), repeats)
             figures["provider"] = runner.provider
             figures["torch_over_ort"] = figures["torch_s"] / figures["onnxruntime_s"]
+        if model.asm.ssl is not None:
+            result["graphs"][SSL_FEATURES] = _time_ssl_features(model, Path(tmp), device, threads, repeats)
         graphs = result["graphs"]
         result["window_compute_s"] = graphs["asm"]["onnxruntime_s"] + graphs.get("aet", {}).get("onnxruntime_s", 0.0)
         separator = OnnxSeparator(bundle, device=device, threads=threads)
@@ -127,6 +130,41 @@ def measure_preset(preset: str, device: str, threads: int, repeats: int, hops: l
             result["streaming"].append(_stream_keep_up(separator, hop, stream_seconds))
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+def _time_ssl_features(model, folder: Path, device: str, threads: int, repeats: int) -> dict:
+    """The ASM's SSL encoder (part of the asm graph) on its own: one window -> its frame features, in torch and
+    as an ONNX graph of its own."""
+    import torch
+
+    from export.graphs import export_graph
+    from hybridsep_rt.session import GraphRunner
+
+    from training.models.frames import stft_frame_centres
+
+    cfg = model.cfg
+    wave = 0.1 * torch.randn(1, cfg.window_samples, generator=torch.Generator().manual_seed(0))
+    frames = model.asm.spectrogram(wave).shape[1]
+    centres = stft_frame_centres(frames, cfg.asm.hop_length * cfg.asm.subbands / cfg.sample_rate)
+
+    class Features(torch.nn.Module):  # the SSL encoder as the ASM calls it, at the ASM's frame centres
+        def __init__(self, ssl):
+            super().__init__()
+            self.ssl = ssl
+
+        def forward(self, wave):
+            return self.ssl(wave, centres)
+
+    module = Features(model.asm.ssl).eval()
+    with torch.inference_mode():
+        figures = {"torch_s": _median_time(lambda: module(wave), repeats)}
+    path = folder / f"{SSL_FEATURES}.onnx"
+    export_graph(module, (wave,), ["wave"], ["features"], path)
+    runner = GraphRunner.open(path, device=device, threads=threads)
+    figures["onnxruntime_s"] = _median_time(lambda: runner.run({"wave": wave.numpy()}), repeats)
+    figures["provider"] = runner.provider
+    figures["torch_over_ort"] = figures["torch_s"] / figures["onnxruntime_s"]
+    return figures
 
 
 def measure_bundle(folder: Path, device: str, threads: int, repeats: int, hops: list[float],
@@ -145,8 +183,13 @@ def measure_bundle(folder: Path, device: str, threads: int, repeats: int, hops: 
     window = (0.1 * np.random.default_rng(0).standard_normal((1, separator.window_samples))).astype(np.float32)
     result = {"bundle": str(folder), "device": device, "threads": threads,
               "window_s": separator.window_samples / separator.sample_rate, "sample_rate": separator.sample_rate,
-              "window_compute_s": _median_time(lambda: separator.separate(window, condition), repeats),
-              "streaming": [_stream_keep_up(separator, hop, stream_seconds) for hop in hops]}
+              "window_compute_s": _median_time(lambda: separator.separate(window, condition), repeats)}
+    if separator.bundle.tagger is not None:
+        from hybridsep_rt.tagger import Tagger
+
+        tagger = Tagger(separator.bundle, device=device, threads=threads)
+        result["tagger_s"] = _median_time(lambda: tagger.scores(window[0]), repeats)
+    result["streaming"] = [_stream_keep_up(separator, hop, stream_seconds) for hop in hops]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -168,6 +211,8 @@ def print_report(result: dict) -> None:
             print(f"  {name:14s} {g['torch_s']:11.3f}s {g['onnxruntime_s']:11.3f}s {g['torch_over_ort']:9.2f}x  "
                   f"{g['provider']}")
     print(f"  per-window compute (aet + asm, onnxruntime): {result['window_compute_s']:.3f} s")
+    if "tagger_s" in result:
+        print(f"  tagger, one window (onnxruntime): {result['tagger_s']:.3f} s")
     print(f"  {'hop':>6s} {'latency':>8s} {'compute/window':>15s} {'degradations':>13s} {'underflows':>11s}  real time")
     for s in result["streaming"]:
         print(f"  {s['hop_s']:5.2f}s {s['latency_s']:7.2f}s {s['mean_compute_s']:14.3f}s {s['degradations']:13d} "

@@ -125,11 +125,10 @@ class GraphExport:
         return list(GRAPH_IO[self.name][1])
 
 
-def _real_windows(audio: np.ndarray | None, model: HybridSep) -> torch.Tensor:
-    """(2, W): two consecutive windows of the parity clip mixed to mono (tiled when shorter)."""
-    window = model.cfg.window_samples
+def _real_windows(audio: np.ndarray | None, window: int, sample_rate: int) -> torch.Tensor:
+    """(2, window): two consecutive windows of the parity clip mixed to mono (tiled when shorter)."""
     if audio is None:
-        mono = synthetic_audio(2 * window, model.cfg.sample_rate)
+        mono = synthetic_audio(2 * window, sample_rate)
     else:
         audio = np.asarray(audio, dtype=np.float32)
         mono = audio.mean(axis=0) if audio.ndim == 2 else audio
@@ -145,7 +144,7 @@ def graph_exports(model: HybridSep, audio: np.ndarray | None) -> list[GraphExpor
     g = torch.Generator().manual_seed(PARITY_SEED)
     noise = 0.1 * torch.randn(2, cfg.window_samples, generator=g)
     unit = torch.nn.functional.normalize(torch.randn(2, cfg.embedding_dim, generator=g), dim=-1)
-    real = _real_windows(audio, model)
+    real = _real_windows(audio, cfg.window_samples, cfg.sample_rate)
 
     tokens = clap.tokenize(list(PARITY_QUERIES))
     length = min(16, clap.max_text_tokens)
@@ -164,7 +163,7 @@ def graph_exports(model: HybridSep, audio: np.ndarray | None) -> list[GraphExpor
                     {"random": (noise, unit), "real": (real, target_emb)}),
         GraphExport(AUDIO_ENCODER, AudioEmbeddingGraph(clap, model.example_peak), (noise[:1],),
                     {"random": (noise,), "real": (real,)}),
-        GraphExport(TAGGER, TaggerGraph(cfg.sample_rate), (noise[:1],), {"random": (noise,), "real": (real,)}),
+        tagger_export(cfg.sample_rate, noise, real),
     ]
     if model.aet is not None:
         exports.insert(1, GraphExport(AET, AETGraph(model), (noise[:1], unit[:1]),
@@ -172,14 +171,26 @@ def graph_exports(model: HybridSep, audio: np.ndarray | None) -> list[GraphExpor
     return exports
 
 
+def tagger_export(sample_rate: int, noise: torch.Tensor, real: torch.Tensor) -> GraphExport:
+    """The tagger graph with its trace and parity inputs ((2, window) noise and real windows)."""
+    return GraphExport(TAGGER, TaggerGraph(sample_rate), (noise[:1],), {"random": (noise,), "real": (real,)})
+
+
+NEGLIGIBLE_ROW = 1e-6  # min_cosine: a row this small against the largest has no direction worth comparing
+
+
 def min_cosine(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """The smallest cosine similarity between corresponding rows (last axis) of two arrays; 1 for two zero rows,
-    0 for one."""
+    """The smallest cosine similarity between corresponding rows (last axis) of two arrays. Rows that are both
+    negligible (norms at most NEGLIGIBLE_ROW times the largest row norm of either array, zero included) count as 1:
+    their direction is rounding noise (a tagger row of scores around 1e-9, say); one negligible row against a
+    real one counts as 0."""
     reference, estimate = reference.astype(np.float64), estimate.astype(np.float64)
     dot = np.sum(reference * estimate, axis=-1)
-    norms = np.linalg.norm(reference, axis=-1) * np.linalg.norm(estimate, axis=-1)
-    both_zero = (np.linalg.norm(reference, axis=-1) == 0) & (np.linalg.norm(estimate, axis=-1) == 0)
-    cosine = np.where(both_zero, 1.0, dot / np.where(norms > 0, norms, 1.0))
+    ref_norm, est_norm = np.linalg.norm(reference, axis=-1), np.linalg.norm(estimate, axis=-1)
+    floor = NEGLIGIBLE_ROW * max(float(np.max(ref_norm, initial=0.0)), float(np.max(est_norm, initial=0.0)))
+    both_negligible = (ref_norm <= floor) & (est_norm <= floor)
+    norms = ref_norm * est_norm
+    cosine = np.where(both_negligible, 1.0, dot / np.where(norms > 0, norms, 1.0))
     return float(np.min(cosine))
 
 
@@ -290,40 +301,45 @@ def _checked_variant(graph: GraphExport, path: Path, session, precision: str, lo
     return {"file": path.name, "sha256": sha256_file(path), "parity": parity, "parity_device": "cpu"}
 
 
+def _export_checked(graph: GraphExport, folder: Path, fp16: bool, text_precision: str, threads: int | None,
+                    log: Callable[[str], None]) -> dict:
+    """Export one graph into ``folder`` (and its fp16 / int8 variants), check each against torch; its manifest
+    entry."""
+    path = folder / graph_file_name(graph.name)
+    log(f"exporting {path.name}")
+    with warnings.catch_warnings():
+        # Tracing warns about Python-level shape logic (fixed at export time by design) and the
+        # TorchScript exporter announces its deprecation; it is the exporter this project uses.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch.onnx")
+        export_graph(graph.module, graph.trace_inputs, graph.input_names, graph.output_names, path,
+                     graph.dynamic_axes)
+    session, _ = create_session(path, device="cpu", threads=threads)
+    inputs, outputs = session_io(session)
+    variants = {"fp32": _checked_variant(graph, path, session, "fp32", log)}
+    if fp16:
+        half = folder / graph_file_name(graph.name, "fp16")
+        convert_to_fp16(path, half)
+        variants["fp16"] = _checked_variant(graph, half, create_session(half, device="cpu", threads=threads)[0],
+                                            "fp16", log)
+    if graph.name == TEXT_ENCODER and text_precision == "int8":
+        quantized = folder / graph_file_name(graph.name, "int8")
+        quantize_file(path, quantized)
+        session = create_session(quantized, device="cpu", threads=threads)[0]
+        variants["int8"] = {**_checked_variant(graph, quantized, session, "int8", log),
+                            "quantization": quantization_settings()}
+        del variants["fp32"]  # the int8 graph stands in for it (hybridsep_rt.bundle)
+        path.unlink()
+    return {"inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs], "variants": variants}
+
+
 def _write_bundle(model: HybridSep, folder: Path, fp16: bool, text_precision: str, audio: np.ndarray | None,
                   evaluation: dict | None, training: list | None, threads: int | None,
                   log: Callable[[str], None]) -> None:
     cfg = model.cfg
-    graphs = {}
-    for graph in graph_exports(model, audio):
-        path = folder / graph_file_name(graph.name)
-        log(f"exporting {path.name}")
-        with warnings.catch_warnings():
-            # Tracing warns about Python-level shape logic (fixed at export time by design) and the
-            # TorchScript exporter announces its deprecation; it is the exporter this project uses.
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=UserWarning, module="torch.onnx")
-            export_graph(graph.module, graph.trace_inputs, graph.input_names, graph.output_names, path,
-                         graph.dynamic_axes)
-        session, _ = create_session(path, device="cpu", threads=threads)
-        inputs, outputs = session_io(session)
-        variants = {"fp32": _checked_variant(graph, path, session, "fp32", log)}
-        if fp16:
-            half = folder / graph_file_name(graph.name, "fp16")
-            convert_to_fp16(path, half)
-            variants["fp16"] = _checked_variant(graph, half, create_session(half, device="cpu", threads=threads)[0],
-                                                "fp16", log)
-        if graph.name == TEXT_ENCODER and text_precision == "int8":
-            quantized = folder / graph_file_name(graph.name, "int8")
-            quantize_file(path, quantized)
-            session = create_session(quantized, device="cpu", threads=threads)[0]
-            variants["int8"] = {**_checked_variant(graph, quantized, session, "int8", log),
-                                "quantization": quantization_settings()}
-            del variants["fp32"]  # the int8 graph stands in for it (hybridsep_rt.bundle)
-            path.unlink()
-        graphs[graph.name] = {"inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs],
-                              "variants": variants}
+    graphs = {graph.name: _export_checked(graph, folder, fp16, text_precision, threads, log)
+              for graph in graph_exports(model, audio)}
 
     model.clap.write_tokenizer_json(folder / TOKENIZER_FILE)
     manifest = {
@@ -390,3 +406,33 @@ def export_bundle(model: HybridSep, out_dir: str | Path, fp16: bool = False,
         shutil.rmtree(staging, ignore_errors=True)
     log(f"wrote bundle {out}")
     return out
+
+
+def add_tagger(folder: str | Path, parity_audio: np.ndarray | None = None, threads: int | None = None,
+               log: Callable[[str], None] = print) -> Path:
+    """Add the tagger graph (and its manifest entry) to an existing bundle that lacks one, in place: the graph is
+    exported and checked beside the bundle, then moved in, and the manifest replaced atomically last, so a failure
+    leaves the bundle as it was. fp16 too when the bundle has fp16 graphs."""
+    folder = Path(folder)
+    bundle = Bundle.load(folder)
+    if bundle.tagger is not None:
+        raise FileExistsError(f"{folder} already has a tagger graph")
+    g = torch.Generator().manual_seed(PARITY_SEED)
+    noise = 0.1 * torch.randn(2, bundle.window_samples, generator=g)
+    graph = tagger_export(bundle.sample_rate, noise, _real_windows(parity_audio, bundle.window_samples,
+                                                                   bundle.sample_rate))
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tagger.", dir=folder.parent))
+    try:
+        entry = _export_checked(graph, staging, bundle.has_precision("fp16"), "fp32", threads, log)
+        for variant in entry["variants"].values():
+            os.replace(staging / variant["file"], folder / variant["file"])
+            os.chmod(folder / variant["file"], 0o666 & ~UMASK)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["graphs"][TAGGER] = entry
+    manifest["tagger"] = tagger_entry()
+    atomic_write_text(folder / MANIFEST_FILE, _to_json(manifest))
+    Bundle.load(folder, check_graphs=False)
+    log(f"added {graph_file_name(TAGGER)} to {folder}")
+    return folder

@@ -9,8 +9,12 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", type=Path, help="folder written by HybridSep.save_pretrained")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to write")
+    parser.add_argument("model_dir", type=Path, help="folder written by HybridSep.save_pretrained (with "
+                        "--add-tagger: a bundle)")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="bundle folder to write")
+    parser.add_argument("--add-tagger", action="store_true",
+                        help="add the tagger graph (live sound tags, `hybridsep tag`) to the bundle MODEL_DIR, which "
+                             "was exported without one, in place")
     parser.add_argument("--fp16", action="store_true", help="also write fp16 variants of the graphs (for CUDA)")
     parser.add_argument("--text-precision", choices=("int8", "fp32"), default="int8",
                         help="how to store the text encoder: int8 weights (float32 arithmetic, a fifth of the size; "
@@ -39,7 +43,8 @@ def read_evaluation(item: str) -> tuple[str, object]:
 def run(args) -> int:
     import torch
 
-    from export.bundle import ParityError, export_bundle
+    from export.bundle import ParityError, add_tagger, export_bundle
+    from hybridsep_rt.bundle import Bundle, BundleError
     from hybridsep_rt.audio import AudioError, read_audio, to_model_rate
     from training.models.hybridsep import HybridSep
     from training.trainer import training_history
@@ -47,6 +52,15 @@ def run(args) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
+        if args.add_tagger:
+            clip = None
+            if args.audio is not None:
+                clip, rate = read_audio(args.audio)
+                clip = to_model_rate(clip, rate, Bundle.load(args.model_dir).sample_rate)
+            add_tagger(args.model_dir, parity_audio=clip, threads=args.threads)
+            return 0
+        if args.output is None:
+            raise ValueError("-o BUNDLE is required: the bundle folder to write")
         evaluation = dict(read_evaluation(item) for item in args.evaluation)
         model = HybridSep.from_pretrained(args.model_dir)
         audio = None
@@ -56,7 +70,7 @@ def run(args) -> int:
         export_bundle(model, args.output, fp16=args.fp16, parity_audio=audio, overwrite=args.overwrite,
                       evaluation=evaluation, training=training_history(args.model_dir), threads=args.threads,
                       text_precision=args.text_precision)
-    except (ParityError, AudioError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (ParityError, BundleError, AudioError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"hybridsep export: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -19,6 +19,7 @@ COMMANDS = {
     "gui": ("gui.app", "the desktop app for live separation (PyQt6)"),
     "bench": ("export.bench", "time the model presets: torch eager vs ONNX Runtime, streaming keep-up, memory"),
     "train": ("training.train_cli", "train one stage of Hybrid-Sep (on one CPU/GPU or many with torchrun)"),
+    "tag": ("hybridsep_rt.tag", "list the sounds in an audio file over time (AudioSet classes, by YAMNet)"),
     "demo": ("hybridsep_rt.demo", "separate the demo scene by its queries, draw spectrograms and score the stems"),
 }
 

@@ -14,5 +14,6 @@ def test_bench_measures_a_bundle(small_bundle, tmp_path, capsys):
     assert "per-window compute" in printed and "preset" not in printed
     (result,) = json.loads(out.read_text())
     assert 0 < result["window_compute_s"] < 5 and result["window_s"] == 1.0
+    assert 0 < result["tagger_s"] < 5 and "tagger, one window" in printed
     (stream,) = result["streaming"]
     assert stream["hop_s"] == 0.5 and stream["windows"] >= 2

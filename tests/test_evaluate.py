@@ -31,6 +31,12 @@ def _embed_audio(waves: np.ndarray) -> np.ndarray:
     return np.log(np.stack([band.sum(axis=-1) for band in bands], axis=-1) + 1e-6)
 
 
+def _embed_frames(waves: np.ndarray) -> np.ndarray:
+    """The band log energies of each half of the wave: a stand-in reference encoder, (B, N) -> (B, 2, 4)."""
+    halves = np.array_split(np.asarray(waves, dtype=np.float64), 2, axis=-1)
+    return np.stack([_embed_audio(half) for half in halves], axis=1)
+
+
 def _embed_text(texts: list[str]) -> np.ndarray:
     """A fixed pseudo-random vector per text, (B, 4)."""
     return np.stack([np.random.default_rng(sum(map(ord, text))).standard_normal(EMBED_DIM) for text in texts])
@@ -63,8 +69,8 @@ def _perfect_system(examples):
 def test_reference_rows_and_trivial_systems():
     examples = _examples(12)
     results = ev.evaluate({"perfect": _perfect_system(examples), "identity": lambda mixture, query: mixture},
-                          examples, _embed_audio, _embed_text, oracle_n_fft=256, oracle_hop=64, batch_size=5,
-                          progress=False)
+                          examples, _embed_audio, _embed_text, _embed_frames, oracle_n_fft=256, oracle_hop=64,
+                          batch_size=5, progress=False)
     assert results.systems == [ev.NO_PROCESSING, ev.ORACLE_IRM, "perfect", "identity"]
     assert results.n == 12 and results.embedding_dim == EMBED_DIM
     assert all(results.scores["perfect"][metric].shape == (12,) for metric in ev.METRICS)
@@ -90,14 +96,16 @@ def test_reference_rows_and_trivial_systems():
 def test_evaluate_rejects_reserved_names_and_bad_shapes():
     examples = _examples(2)
     with pytest.raises(ValueError, match="reserved"):
-        ev.evaluate({ev.ORACLE_IRM: lambda m, q: m}, examples, _embed_audio, _embed_text, progress=False)
+        ev.evaluate({ev.ORACLE_IRM: lambda m, q: m}, examples, _embed_audio, _embed_text, _embed_frames,
+                    progress=False)
     with pytest.raises(ValueError, match="'short' returned shape"):
-        ev.evaluate({"short": lambda m, q: m[:-1]}, examples, _embed_audio, _embed_text, progress=False)
+        ev.evaluate({"short": lambda m, q: m[:-1]}, examples, _embed_audio, _embed_text, _embed_frames,
+                    progress=False)
 
 
 def test_fad_is_not_available_with_too_few_examples():
-    results = ev.evaluate({}, _examples(EMBED_DIM), _embed_audio, _embed_text, progress=False)
-    assert all(math.isnan(value) for value in results.fad.values())
+    results = ev.evaluate({}, _examples(EMBED_DIM // 2), _embed_audio, _embed_text, _embed_frames, progress=False)
+    assert all(math.isnan(value) for value in results.fad.values())  # 2 frames per example: N = D frames
     assert f"N={EMBED_DIM}" in results.fad_note and f"D={EMBED_DIM}" in results.fad_note
     markdown, _ = ev.format_table({"KA": results})
     assert "n/a" in markdown and "FAD n/a on KA" in markdown
@@ -105,9 +113,9 @@ def test_fad_is_not_available_with_too_few_examples():
 
 def _results_by_set():
     small = ev.evaluate({"model A": lambda m, q: 0.5 * m}, _examples(10, seed=1), _embed_audio, _embed_text,
-                        oracle_n_fft=256, oracle_hop=64, progress=False)
+                        _embed_frames, oracle_n_fft=256, oracle_hop=64, progress=False)
     large = ev.evaluate({"model A": lambda m, q: 0.5 * m, "model B": lambda m, q: m}, _examples(12, seed=2),
-                        _embed_audio, _embed_text, oracle_n_fft=256, oracle_hop=64, progress=False)
+                        _embed_audio, _embed_text, _embed_frames, oracle_n_fft=256, oracle_hop=64, progress=False)
     return {"KA": large, "DE-S-like": small}
 
 
@@ -266,6 +274,20 @@ def test_offline_system_scores_the_streaming_rule():
     assert np.abs(every_window - streamed).max() > 0.1
 
 
+def test_yamnet_frames_are_the_reference_space_of_fad_and_clapscore_a():
+    import torch
+
+    from training.models.yamnet import YAMNet
+
+    waves = np.random.default_rng(0).standard_normal((2, 5 * 16000)).astype(np.float32) * 0.1
+    frames = ev.yamnet_frames(16000)(waves)
+    assert frames.shape == (2, 5, 1024)  # 15 cells of 0.32 s with their centre in 5 s -> five 0.96 s frames
+    with torch.no_grad():
+        cells = YAMNet(16000, classifier=False).frame_features(torch.from_numpy(waves), 14).numpy()
+    np.testing.assert_allclose(frames[:, 1], cells[:, 3:6].mean(axis=1), rtol=1e-5, atol=1e-6)
+    assert ev.yamnet_frames(8000)(waves[:, :4000]).shape == (2, 1, 1024)  # 0.5 s: one frame of its cells
+
+
 def test_evaluate_separators_and_report(tmp_path):
     manifest = _write_corpus(tmp_path)
     separators = {"half": FakeSeparator(), "whole": FakeSeparator(gain=1.0)}
@@ -278,6 +300,9 @@ def test_evaluate_separators_and_report(tmp_path):
         np.testing.assert_allclose(result.scores["whole"]["sdri"], 0.0, atol=1e-4)
         np.testing.assert_allclose(result.scores["half"]["si_sdr"], result.scores[ev.NO_PROCESSING]["si_sdr"],
                                    atol=1e-3)
+        assert result.embedding_dim == 1024  # CLAPScore_A and FAD in YAMNet's space, not the bundles' CLAP
+        # half the gain: YAMNet's log-mel front end hears it, so the two rows differ there
+        assert not np.allclose(result.scores["half"]["clap_score_a"], result.scores["whole"]["clap_score_a"])
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
     markdown = ev.write_report(results, tmp_path / "out")
     assert (tmp_path / "out" / "table.md").read_text() == markdown

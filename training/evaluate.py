@@ -10,7 +10,10 @@ Two test sets are drawn from a manifest split with the mixer's evaluation rules:
   queries, SNR uniform in [-15, 15] dB (`MixerConfig.caption_eval`).
 
 Every system is scored per example with SDR, SDRi, SI-SDR, CLAPScore and CLAPScore_A, and per test set with
-the FAD between its separated audio and the targets in CLAP embedding space (`training.metrics`). The rows
+the FAD between its separated audio and the targets (`training.metrics`). CLAPScore (audio against the query's
+text) is taken in the first bundle's CLAP space; CLAPScore_A and FAD in the embedding space of YAMNet (AudioSet),
+which no model under test was trained to hit (the reference FAD uses VGGish, YAMNet's sibling): FAD over its
+0.96 s frames (`yamnet_frames`), CLAPScore_A between the clips' mean frames. The rows
 "No processing" (the mixture itself) and "Oracle IRM" (the ideal ratio mask from the true sources) are
 always added; control rows can be asked for: the model given another class's query, or queried by an example
 clip of the target's class instead of the text. OUTDIR receives table.md, table.csv and one per-example CSV per
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 System = Callable[[np.ndarray, str], np.ndarray]  # (mixture (N,), query) -> estimate (N,)
 EmbedAudio = Callable[[np.ndarray], np.ndarray]  # (B, N) -> (B, D)
 EmbedText = Callable[[list[str]], np.ndarray]  # B queries -> (B, D)
+EmbedFrames = Callable[[np.ndarray], np.ndarray]  # (B, N) -> (B, frames, D), for FAD and CLAPScore_A
 
 NO_PROCESSING = "No processing"
 ORACLE_IRM = "Oracle IRM"
@@ -62,6 +66,7 @@ TABLE_COLUMNS = (
 ORACLE_N_FFT = 2048
 ORACLE_HOP = 512
 EMBED_BATCH = 8  # examples embedded per call of the CLAP encoders
+REFERENCE_SPACE = "YAMNet (AudioSet) 0.96 s frames"  # where CLAPScore_A and FAD are measured (`yamnet_frames`)
 EXIT_USAGE = 2  # argparse's exit status for a bad command line; used for every error the user can fix
 
 
@@ -71,10 +76,11 @@ class EvalResults:
 
     Attributes:
         scores: system -> metric (`METRICS`) -> (N,) float64, one value per example.
-        fad: system -> FAD between its separated audio and the targets (NaN when it cannot be computed).
-        fad_note: why FAD is NaN (too few examples for the embedding size), else None.
+        fad: system -> FAD between the frames of its separated audio and of the targets (NaN when it cannot be
+            computed).
+        fad_note: why FAD is NaN (too few frames for the embedding size), else None.
         n: number of examples.
-        embedding_dim: D of the CLAP embeddings.
+        embedding_dim: D of the reference frame embeddings (FAD, CLAPScore_A).
         queries, kinds, ratio_db: per example.
     """
 
@@ -121,6 +127,14 @@ def _embed(embed_audio: EmbedAudio, waves: np.ndarray) -> np.ndarray:
     return embeddings
 
 
+def _frames(embed_frames: EmbedFrames, waves: np.ndarray) -> np.ndarray:
+    frames = np.asarray(embed_frames(waves), dtype=np.float64)
+    if frames.ndim != 3 or frames.shape[0] != waves.shape[0] or frames.shape[1] == 0:
+        raise ValueError(f"embed_frames returned shape {frames.shape} for {waves.shape[0]} waves; expected "
+                         f"(B, frames, D)")
+    return frames
+
+
 def _estimate(name: str, system: System | None, example: Example, n_fft: int, hop: int) -> np.ndarray:
     mixture = np.asarray(example.mixture, dtype=np.float32)
     if name == NO_PROCESSING:
@@ -138,6 +152,7 @@ def evaluate(
     examples: Sequence[Example],
     embed_audio: EmbedAudio,
     embed_text: EmbedText,
+    embed_frames: EmbedFrames,
     *,
     oracle_n_fft: int = ORACLE_N_FFT,
     oracle_hop: int = ORACLE_HOP,
@@ -150,8 +165,10 @@ def evaluate(
     Args:
         systems: name -> function (mixture (N,) float32, query) -> estimate (N,).
         examples: mixer `Example`s (mixture, target, query; mixture == target + rest).
-        embed_audio: CLAP audio encoder, (B, N) waves -> (B, D) embeddings.
+        embed_audio: CLAP audio encoder, (B, N) waves -> (B, D) embeddings (CLAPScore, against the text).
         embed_text: CLAP text encoder, B queries -> (B, D) embeddings.
+        embed_frames: the reference encoder, (B, N) waves -> (B, frames, D') (FAD over all frames; CLAPScore_A
+            between the mean frames of estimate and target).
         oracle_n_fft, oracle_hop: STFT of the oracle ideal ratio mask.
         batch_size: waves per `embed_audio` call.
     """
@@ -169,20 +186,20 @@ def evaluate(
     targets = []
     with tqdm(total=len(examples), desc=description, unit="mix", disable=not progress) as bar:
         for batch in _batches(examples, batch_size):
-            target_emb = _embed(embed_audio, np.stack([example.target for example in batch]))
+            target_frames = _frames(embed_frames, np.stack([example.target for example in batch]))
             text_emb = np.asarray(embed_text([example.query for example in batch]), dtype=np.float64)
-            targets.append(target_emb)
+            targets.append(target_frames.reshape(-1, target_frames.shape[-1]))
             for name in names:
-                estimates = [_estimate(name, systems.get(name), ex, oracle_n_fft, oracle_hop) for ex in batch]
-                estimate_emb = _embed(embed_audio, np.stack(estimates))
-                separated[name].append(estimate_emb)
+                estimates = np.stack([_estimate(name, systems.get(name), ex, oracle_n_fft, oracle_hop) for ex in batch])
+                estimate_frames = _frames(embed_frames, estimates)
+                separated[name].append(estimate_frames.reshape(-1, estimate_frames.shape[-1]))
                 row = scores[name]
                 for example, estimate in zip(batch, estimates):
                     row["sdr"].append(sdr(example.target, estimate))
                     row["sdri"].append(sdri(example.target, estimate, example.mixture))
                     row["si_sdr"].append(si_sdr(example.target, estimate))
-                row["clap_score"].extend(clap_score(estimate_emb, text_emb))
-                row["clap_score_a"].extend(clap_score_a(estimate_emb, target_emb))
+                row["clap_score"].extend(clap_score(_embed(embed_audio, estimates), text_emb))
+                row["clap_score_a"].extend(clap_score_a(estimate_frames.mean(axis=1), target_frames.mean(axis=1)))
             bar.update(len(batch))
     target_all = np.concatenate(targets)
     fad, fad_note = {}, None
@@ -338,10 +355,12 @@ def _value(results: EvalResults, system: str, metric: str) -> float:
     return results.mean(system, metric) if system in results.scores else math.nan
 
 
-def format_table(results_by_testset: Mapping[str, EvalResults]) -> tuple[str, str]:
+def format_table(results_by_testset: Mapping[str, EvalResults],
+                 reference_space: str = REFERENCE_SPACE) -> tuple[str, str]:
     """Table 2 of the paper: rows = systems, column groups SDR, SDRi, CLAPScore, CLAPScore_A, FAD, one
     column per test set. Means over examples (FAD per set). Returns (markdown, csv); the markdown ends with
-    a footnote giving N per test set.
+    a footnote giving N per test set and the embedding space of each score (``reference_space``: that of the
+    ``embed_frames`` the results were computed with).
     """
     sets = list(results_by_testset)
     if not sets:
@@ -358,8 +377,10 @@ def format_table(results_by_testset: Mapping[str, EvalResults]) -> tuple[str, st
         lines.append(f"| {system} | " + " | ".join(cells) + " |")
     sizes = ", ".join(f"{name} N = {results.n}" for name, results in results_by_testset.items())
     dims = sorted({results.embedding_dim for results in results_by_testset.values()})
-    footnote = (f"N (mixtures per test set): {sizes}. CLAPScore and CLAPScore_A are cosine similarities x 100; "
-                f"FAD is between separated and target CLAP embeddings (D = {', '.join(map(str, dims))}).")
+    footnote = (f"N (mixtures per test set): {sizes}. CLAPScore and CLAPScore_A are cosine similarities x 100. "
+                f"CLAPScore (separated audio against the query text) is in the first bundle's CLAP space; "
+                f"CLAPScore_A (separated against target audio) and FAD (separated against target frames) are in "
+                f"{reference_space}, D = {', '.join(map(str, dims))}, independent of the models under test.")
     notes = [f"FAD n/a on {name}: {results.fad_note}" for name, results in results_by_testset.items()
              if results.fad_note]
     markdown = "\n".join(lines) + "\n\n" + "\n\n".join([footnote, *notes]) + "\n"
@@ -495,6 +516,27 @@ def clap_embedders(separator: Any, input_rate: int) -> tuple[EmbedAudio, EmbedTe
     return embed_audio, embed_text
 
 
+def yamnet_frames(input_rate: int, threads: int | None = None) -> EmbedFrames:
+    """The reference embedder: YAMNet's 1024-d embeddings of 0.96 s frames (three cells of its last map pooled,
+    as YAMNet pools a patch; the cells left over at the end dropped), (B, N) waves at ``input_rate`` ->
+    (B, frames, 1024). A wave shorter than three cells gives one frame of all its cells."""
+    import torch
+
+    from training.models.yamnet import LAYERS, PATCH_CELLS, YAMNet
+
+    model = YAMNet(input_rate, classifier=False).eval()
+
+    def embed_frames(waves: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            cells = model.frame_features(torch.from_numpy(np.asarray(waves, dtype=np.float32)), len(LAYERS))
+        batch, count, dim = cells.shape
+        frames = max(1, count // PATCH_CELLS)
+        used = cells[:, : frames * PATCH_CELLS] if count >= PATCH_CELLS else cells
+        return used.reshape(batch, frames, -1, dim).mean(dim=2).numpy()
+
+    return embed_frames
+
+
 def evaluate_separators(
     separators: Mapping[str, Separator],
     manifest: str | Path,
@@ -513,10 +555,10 @@ def evaluate_separators(
     """Evaluate separators on the KA and DE-S-like sets drawn at the first separator's rate.
 
     `sizes` maps "keyword" / "caption" to the number of mixtures (0 skips the set; default 300 each).
-    CLAP embeddings come from the first separator (`clap_embedders`). `other_query` names a separator that also
-    gets a control row, "NAME, other query" (`other_query_system`). `example_query` names one that also gets a
-    row "NAME, example clip": queried by the first clip of the target's class in `example_split`
-    (`example_query_system`).
+    CLAPScore uses the first separator's CLAP (`clap_embedders`), CLAPScore_A and FAD YAMNet (`yamnet_frames`).
+    `other_query` names a separator that also gets a control row, "NAME, other query" (`other_query_system`).
+    `example_query` names one that also gets a row "NAME, example clip": queried by the first clip of the
+    target's class in `example_split` (`example_query_system`).
     """
     if not separators:
         raise ValueError("no separators to evaluate")
@@ -531,6 +573,7 @@ def evaluate_separators(
     systems = {name: offline_system(separator, rate, hop_seconds, lookahead_seconds)
                for name, separator in separators.items()}
     embed_audio, embed_text = clap_embedders(first, rate)
+    embed_frames = yamnet_frames(rate)
     clips_by_class = {}
     if example_query is not None:
         from training.data.manifest import read_manifest
@@ -557,7 +600,7 @@ def evaluate_separators(
         if example_query is not None:
             rows[f"{example_query}, example clip"] = example_query_system(
                 separators[example_query], rate, examples, clips_by_class, hop_seconds, lookahead_seconds)
-        results[name] = evaluate(rows, examples, embed_audio, embed_text, progress=progress,
+        results[name] = evaluate(rows, examples, embed_audio, embed_text, embed_frames, progress=progress,
                                  description=f"evaluating {name}")
     return results
 

@@ -195,24 +195,28 @@ class ContrastiveStage(Stage):
         norm = self.step_optimizer(self.optimizer, loss)
         return {"loss": loss.detach(), "grad_norm": norm, "logit_scale": self.encoder.logit_scale.detach().clone()}
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
         self.encoder.eval()
-        audio, text, clip = [], [], []
-        for batch in self.valid_batches():
-            batch = self.to_device(batch)
-            audio.append(self.clap.audio_features(batch["audio"]))
-            text.append(self.clap.embed_text(batch["text"]).to(self.env.device))
-            clip += batch["clip"]
-        audio = torch.cat(audio)
-        scores = retrieval_recall(torch.cat(text), audio, clip)
-        if self.open_vocabulary:
-            # one embedding per clip of the split (the valid set holds each clip once, in order)
-            names = sorted(self.open_vocabulary)
-            names_emb = self.clap.embed_text(names).to(self.env.device)
-            scores.update(open_vocabulary_hits(names_emb, audio[torch.tensor(clip).argsort()],
-                                               [self.open_vocabulary[n] for n in names]))
-        return scores
+        return retrieval_figures(self.clap, self.valid_batches(), self.open_vocabulary, self.env.device)
+
+
+@torch.no_grad()
+def retrieval_figures(clap, batches, open_vocabulary: dict, device) -> dict:
+    """Text-to-audio recall@1/@5 over ``batches`` of a ClipTextDataset that holds each clip of its split once, in
+    order, and the open-vocabulary hits of ``open_vocabulary`` (:func:`open_vocabulary_classes`) on them."""
+    audio, text, clip = [], [], []
+    for batch in batches:
+        audio.append(clap.audio_features(batch["audio"].to(device)))
+        text.append(clap.embed_text(batch["text"]).to(device))
+        clip += batch["clip"]
+    audio = torch.cat(audio)
+    scores = retrieval_recall(torch.cat(text), audio, clip)
+    if open_vocabulary:
+        names = sorted(open_vocabulary)
+        names_emb = clap.embed_text(names).to(device)
+        scores.update(open_vocabulary_hits(names_emb, audio[torch.tensor(clip).argsort()],
+                                           [open_vocabulary[n] for n in names]))
+    return scores
 
 
 class ContrastiveModel(nn.Module):
@@ -233,12 +237,14 @@ class ContrastiveModel(nn.Module):
         return self
 
 
-def open_vocabulary_classes(clips, labels: list[list[str]] | None, limit: int = OPEN_VOCABULARY_CLASSES) -> dict:
-    """The AudioSet classes that YAMNet tags valid clips with and that no corpus keyword names: the ``limit`` most
-    frequent, each with the positions of the clips it tags ({class name: set of clip positions})."""
+def open_vocabulary_classes(clips, labels: list[list[str]] | None, limit: int = OPEN_VOCABULARY_CLASSES,
+                            known: set[str] | None = None) -> dict:
+    """The AudioSet classes that YAMNet tags valid clips with and that no corpus keyword names (``known``: those
+    keywords, default the keywords of ``clips``): the ``limit`` most frequent, each with the positions of the clips
+    it tags ({class name: set of clip positions})."""
     if not labels:
         return {}
-    keywords = {k.lower() for clip in clips for k in clip.keywords}
+    keywords = {k.lower() for k in known} if known is not None else {k.lower() for c in clips for k in c.keywords}
     tagged: dict[str, set[int]] = {}
     for position, names in enumerate(labels):
         for name in names:

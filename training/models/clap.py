@@ -367,8 +367,8 @@ def _pooled(output) -> torch.Tensor:
 @dataclass
 class CompactClapConfig:
     """Sizes of :class:`CompactClapEncoder`. Presets: ``tiny`` (tests: a small CNN audio tower), ``small`` (the CPU
-    default: YAMNet's trunk), ``base`` (a wider projection). None is from the paper, whose CLAP is the pretrained
-    T-CLAP."""
+    default: YAMNet's trunk), ``small-cnn`` (the CNN tower the small preset had before), ``base`` (a wider
+    projection). None is from the paper, whose CLAP is the pretrained T-CLAP."""
 
     embedding_dim: int = LAION_CLAP_EMBEDDING_DIM  # the LAION-CLAP joint size, so backends are interchangeable
     input_rate: int = 44100  # the separation model's rate (paper 3.1: 44.1 kHz)
@@ -408,12 +408,17 @@ class CompactClapConfig:
         return cls(**{"projection_hidden": 256, **overrides})
 
     @classmethod
+    def small_cnn(cls, **overrides) -> "CompactClapConfig":
+        """The small preset's encoder before YAMNet: a CNN audio tower trained from scratch on the corpus."""
+        return cls(**{"audio_tower": "cnn", **overrides})
+
+    @classmethod
     def base(cls, **overrides) -> "CompactClapConfig":
         return cls(**{"projection_hidden": 1024, **overrides})
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "CompactClapConfig":
-        presets = {"tiny": cls.tiny, "small": cls.small, "base": cls.base}
+        presets = {"tiny": cls.tiny, "small": cls.small, "small-cnn": cls.small_cnn, "base": cls.base}
         if name not in presets:
             raise ValueError(f"unknown compact CLAP preset {name!r}; choose one of {sorted(presets)}")
         return presets[name](**overrides)
