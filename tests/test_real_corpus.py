@@ -282,3 +282,45 @@ def test_an_interrupted_build_finishes_the_files_it_had_not_written(fake_corpus)
     manifest, again = _build(fake_corpus)
     assert again == rows
     assert victim.is_file()
+
+
+# ---------------------------------------------------------------------------------------------- label audit
+
+SPEECH_WAV = Path("/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0870.wav")
+
+
+def test_judge_agrees_on_a_class_tag_in_the_top_five_and_flags_a_confident_contradiction():
+    from training.data.label_audit import judge
+
+    names = ["Speech", "Dog", "Bark", "Music", "Piano", "Bird", "Wind"]
+    scores = np.array([0.9, 0.01, 0.005, 0.2, 0.1, 0.05, 0.04])
+    assert judge(scores, names, ["Speech"])["agrees"]
+    verdict = judge(scores, names, ["Dog", "Bark"])
+    assert not verdict["agrees"] and verdict["flagged"] and verdict["top"][0] == ("Speech", 0.9)
+    assert not judge(scores * 0.2, names, ["Dog", "Bark"])["flagged"]  # YAMNet unsure: not flagged
+
+
+@pytest.mark.skipif(not SPEECH_WAV.is_file(), reason="pocketsphinx-testdata is not installed (make apt)")
+def test_the_audit_reports_per_class_agreement_and_flags_a_wrong_label(tmp_path):
+    from training.data.label_audit import DETAILS_NAME, REPORT_NAME, audit
+
+    rows = [{"path": str(SPEECH_WAV), "keywords": [cls], "captions": [], "source": "t", "split": "test"}
+            for cls in ("Speech", "Dog")]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = audit(tmp_path / "manifest.jsonl", tmp_path / "audit", progress=False)
+    assert summary == {"Speech": {"clips": 1, "agree": 1, "flagged": 0}, "Dog": {"clips": 1, "agree": 0, "flagged": 1}}
+    report = (tmp_path / "audit" / REPORT_NAME).read_text()
+    assert f"| Dog | test | {SPEECH_WAV} | Speech" in report
+    details = json.loads((tmp_path / "audit" / DETAILS_NAME).read_text())
+    assert [clip["class"] for clip in details["clips"] if clip["flagged"]] == ["Dog"]
+
+
+def test_the_audit_samples_speech_and_keeps_every_other_clip():
+    from training.data.label_audit import audit_rows
+
+    rows = [{"keywords": ["Speech"], "split": split, "path": f"{split}{i}"} for split in ("train", "test")
+            for i in range(50)] + [{"keywords": ["Bird"], "split": "test", "path": "b"}]
+    chosen = audit_rows(rows, speech_sample=10)
+    assert sum(row["keywords"] == ["Speech"] for row in chosen) == 20
+    assert {"path": "b", "keywords": ["Bird"], "split": "test"} in chosen
+    assert audit_rows(rows, speech_sample=10) == chosen

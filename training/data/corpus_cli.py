@@ -2,6 +2,7 @@
 
     hybridsep corpus build --out DIR --hours H --seed S [--soundfont PATH] [--workers N] [--quiet]
     hybridsep corpus real --out DIR [--packages P ...] [--rules FILE] [--workers N] [--quiet]
+    hybridsep corpus audit --manifest DIR/manifest.jsonl [--out DIR] [--speech N] [--quiet]
     hybridsep corpus combine --manifest M [M ...] --out FILE
     hybridsep corpus demo --manifest M --classes C [C ...] --out DIR [--split S] [--queries C ...]
                           [--seconds T] [--seed S]
@@ -75,6 +76,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="processes rendering clips in parallel (default: one per CPU core)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_real_arguments(actions)
+    audit = actions.add_parser(
+        "audit", help="check the real corpus's labels against YAMNet's AudioSet tags",
+        description="Tag each clip of a real-corpus manifest with YAMNet and write, per class, the share of clips "
+        "whose top AudioSet tags match the class, and the clips that contradict their label strongly "
+        "(label_audit.md and label_audit.json).")
+    audit.add_argument("--manifest", type=Path, required=True, metavar="FILE", help="the real corpus's manifest")
+    audit.add_argument("--out", type=Path, default=None, metavar="DIR",
+                       help="folder for the report (default: the manifest's folder)")
+    audit.add_argument("--speech", type=_whole_number(0), default=None, metavar="N",
+                       help="speech clips audited per split (default: 200)")
+    audit.add_argument("--quiet", action="store_true", help="no progress bar")
     combine = actions.add_parser(
         "combine", help="write one manifest holding the rows of several corpora (synthetic and real)",
         description="Write FILE with every row of the manifests, paths made absolute and each row's corpus "
@@ -134,6 +146,19 @@ def run(args: argparse.Namespace) -> int:
         return _run_demo(args)
     if args.action == "real":
         return _run_real(args)
+    if args.action == "audit":
+        from training.data.label_audit import REPORT_NAME, SPEECH_SAMPLE, audit
+
+        out = args.out or args.manifest.parent
+        try:
+            summary = audit(args.manifest, out, speech_sample=SPEECH_SAMPLE if args.speech is None else args.speech,
+                            progress=not args.quiet)
+        except (OSError, ValueError, KeyError) as error:
+            return _fail("audit", str(error))
+        for cls, item in sorted(summary.items(), key=lambda kv: -kv[1]["clips"]):
+            print(f"{cls}: {item['agree']}/{item['clips']} agree, {item['flagged']} flagged")
+        print(f"report: {out / REPORT_NAME}")
+        return 0
     if args.action == "combine":
         from training.data.combined import combine_manifests
         from training.data.manifest import ManifestError
