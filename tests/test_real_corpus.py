@@ -251,6 +251,9 @@ def test_splits_are_disjoint_by_content_hash_and_by_family(fake_corpus):
     assert summary["duplicates_dropped"] == 1
     assert summary["classes"]["test"] == {"Dog": {"clips": 2, "minutes": pytest.approx(1 / 60, abs=0.01),
                                                   "packages": ["fake-sounds"]}}
+    table = (manifest.parent / "classes.md").read_text().splitlines()
+    assert table[0] == "| class | train clips | train min | valid clips | valid min | test clips | test min | packages |"
+    assert table[2].startswith("| Bird | 2 | ") and table[-1].startswith("| **all** | 2 | ")
     for row in rows:
         assert row["package"] == "fake-sounds" and row["licence"] == "CC0"
         assert row["keywords"] == [("Dog" if "dog" in row["origin"] else "Bird")]

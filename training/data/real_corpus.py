@@ -14,7 +14,8 @@ The packages, the files read from each, and how each file is labelled are the da
 4. de-duplicates by content (the SHA-256 of the decoded, normalised samples): of identical recordings one is
    kept, the one of the earliest split (train, valid, test), so no recording is in two splits;
 5. writes DIR/manifest.jsonl (training.data.manifest rows, plus package, licence, family, speaker, language,
-   sex, sha256 and origin) and DIR/summary.json (clips and minutes per split and class, the skipped files).
+   sex, sha256 and origin), DIR/summary.json (clips and minutes per split and class, the skipped files) and
+   DIR/classes.md (that class table in Markdown).
 
 Splits follow the families of `real_rules.toml`: every file of a family (recordings that share takes, a
 speaker, a drum kit) lies in the family's split, so the splits are disjoint by family and by content.
@@ -57,6 +58,7 @@ MIN_SECONDS = 0.05  # shorter files (a few clicks) are skipped
 MANIFEST_NAME = "manifest.jsonl"
 SCAN_NAME = "scan.jsonl"
 SUMMARY_NAME = "summary.json"
+CLASSES_NAME = "classes.md"
 SPLIT_RANK = {split: rank for rank, split in enumerate(SPLIT_NAMES)}
 
 
@@ -376,6 +378,28 @@ def summarise(rows: Sequence[dict]) -> dict:
             for split, classes in table.items()}
 
 
+def class_table(classes: dict) -> str:
+    """Markdown: one row per class, clips and minutes in each split, and the packages it comes from."""
+    splits = [split for split in SPLIT_NAMES if split in classes]
+    names = sorted({cls for split in splits for cls in classes[split]},
+                   key=lambda cls: (-sum(classes[s].get(cls, {}).get("minutes", 0.0) for s in splits), cls))
+    lines = ["| class | " + " | ".join(f"{split} clips | {split} min" for split in splits) + " | packages |",
+             "|---|" + "---:|---:|" * len(splits) + "---|"]
+    for cls in names:
+        cells, packages = [], set()
+        for split in splits:
+            entry = classes[split].get(cls)
+            cells += [str(entry["clips"]), f"{entry['minutes']:.1f}"] if entry else ["0", "0"]
+            packages |= set(entry["packages"]) if entry else set()
+        lines.append(f"| {cls} | " + " | ".join(cells) + f" | {', '.join(sorted(packages))} |")
+    totals = []
+    for split in splits:
+        totals += [str(sum(e["clips"] for e in classes[split].values())),
+                   f"{sum(e['minutes'] for e in classes[split].values()):.1f}"]
+    lines.append("| **all** | " + " | ".join(totals) + " | |")
+    return "\n".join(lines) + "\n"
+
+
 def default_packages(rules: Rules, info_dir: Path = DPKG_INFO) -> list[str]:
     """The packages of the rules file that are installed."""
     return [name for name in rules.packages if (Path(info_dir) / f"{name}.list").is_file()]
@@ -422,4 +446,5 @@ def build_real_corpus(out_dir: str | os.PathLike, packages: Sequence[str] | None
     summary = {"packages": counts, "duplicates_dropped": duplicates, "skipped": skipped,
                "classes": summarise(written)}
     atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(out_dir / CLASSES_NAME, class_table(summary["classes"]))
     return manifest
