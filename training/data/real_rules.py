@@ -32,7 +32,7 @@ RESERVED_PATHS = (
 )
 ARCHIVE_SEPARATOR = "!"
 _SEPARATORS = re.compile(r"[_\-.+/]+")
-_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])")
 
 
 class RulesError(ValueError):
@@ -52,7 +52,8 @@ def reserved_reason(package: str | None = None, path: str | None = None) -> str 
 
 
 def name_text(text: str) -> str:
-    """A file or instrument name as the keyword table reads it: lower case, separators as spaces."""
+    """A file or instrument name as the keyword table reads it: lower case, words (camel case, letters and digits)
+    apart, separators as spaces."""
     return _SEPARATORS.sub(" ", _CAMEL.sub(" ", text)).lower().strip()
 
 
