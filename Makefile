@@ -8,7 +8,17 @@ APT_PACKAGES := libsndfile1 libportaudio2 libasound2-plugins pulseaudio pulseaud
 	espeak-ng fluidsynth timgm6mb-soundfont xvfb xauth pocketsphinx-testdata bucklespring-data \
 	libegl1 libgl1 libxkbcommon0 libxcb-cursor0 libfontconfig1 libdbus-1-3
 
-.PHONY: setup apt test demo params clean
+# The Debian packages the real-recording corpus reads (`hybridsep corpus real`, training/data/real_rules.toml):
+# about 2.4 GB. CORPUS_LARGE=1 adds 0ad-data (3.1 GB, mostly textures) for weather and ambience; its files get
+# labels once real_rules.toml has rules for it. ffmpeg decodes the raw G.722 / GSM prompts and WavPack samples.
+CORPUS_PACKAGES := ffmpeg tuxpaint-stamps-default fillets-ng-data-cs fillets-ng-data-nl festvox-ru klettres-data \
+	ktuberling-data qabcs-data gcin-voice kajongg asterisk-core-sounds-es-g722 asterisk-core-sounds-fr-g722 \
+	asterisk-core-sounds-it-g722 asterisk-core-sounds-ru-g722 asterisk-prompt-fr-armelle asterisk-prompt-es-co \
+	asterisk-prompt-it-menardi-wav pocketsphinx-testdata hydrogen-drumkits hydrogen-drumkits-effects \
+	grandorgue-demo lmms-common widelands-data megaglest-data ufoai-sound wesnoth-1.16-data bucklespring-data \
+	sound-icons $(if $(CORPUS_LARGE),0ad-data)
+
+.PHONY: setup apt corpus-packages test demo params clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +41,9 @@ apt:
 		echo "Please install the Debian packages this project needs:"; \
 		echo "  sudo apt-get install -y $$missing"; exit 1; \
 	fi
+
+corpus-packages:
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(CORPUS_PACKAGES)"
 
 test: apt setup
 	QT_QPA_PLATFORM=offscreen $(VPY) -m pytest

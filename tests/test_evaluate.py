@@ -93,10 +93,35 @@ def test_reference_rows_and_trivial_systems():
     assert results.fad_note is None
 
 
+def test_query_blind_rows_half_gain_and_the_best_scalar_gain_per_mixture():
+    examples = _examples(8)
+    results = ev.evaluate({}, examples, _embed_audio, _embed_text, _embed_frames, oracle_n_fft=256, oracle_hop=64,
+                          progress=False, query_blind=True)
+    assert results.systems == [ev.NO_PROCESSING, ev.ORACLE_IRM, ev.HALF_GAIN, ev.ORACLE_GAIN]
+    sdr_at = lambda example, gain: ev.sdr(example.target, (gain * example.mixture).astype(np.float32))
+    for index, example in enumerate(examples):
+        assert results.scores[ev.HALF_GAIN]["sdr"][index] == pytest.approx(sdr_at(example, 0.5))
+        best = max(sdr_at(example, gain) for gain in np.linspace(0.0, 2.0, 401))
+        assert best - 1e-3 <= results.scores[ev.ORACLE_GAIN]["sdr"][index] <= best + 0.05
+        assert results.scores[ev.ORACLE_GAIN]["sdr"][index] >= results.scores[ev.NO_PROCESSING]["sdr"][index]
+    # SI-SDR does not see a gain: both rows equal the mixture's
+    for row in ev.QUERY_BLIND:
+        np.testing.assert_allclose(results.scores[row]["si_sdr"], results.scores[ev.NO_PROCESSING]["si_sdr"], atol=1e-4)
+    markdown, _ = ev.format_table({"KA": results})
+    assert [line.split("|")[1].strip() for line in markdown.splitlines()[2:6]] == list(results.systems)
+    parser = argparse.ArgumentParser()
+    ev.add_arguments(parser)
+    args = parser.parse_args(["--manifest", "m", "--bundle", "a=b", "-o", "out", "--query-blind"])
+    assert args.query_blind
+
+
 def test_evaluate_rejects_reserved_names_and_bad_shapes():
     examples = _examples(2)
     with pytest.raises(ValueError, match="reserved"):
         ev.evaluate({ev.ORACLE_IRM: lambda m, q: m}, examples, _embed_audio, _embed_text, _embed_frames,
+                    progress=False)
+    with pytest.raises(ValueError, match="reserved"):
+        ev.evaluate({ev.ORACLE_GAIN: lambda m, q: m}, examples, _embed_audio, _embed_text, _embed_frames,
                     progress=False)
     with pytest.raises(ValueError, match="'short' returned shape"):
         ev.evaluate({"short": lambda m, q: m[:-1]}, examples, _embed_audio, _embed_text, _embed_frames,
@@ -423,3 +448,22 @@ def test_eval_command(tmp_path, monkeypatch, capsys):
     assert "no labelled clips in split 'valid'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["--manifest", str(manifest), "--bundle", "no-equals-sign", "-o", str(out)])
+
+
+def test_a_balanced_test_set_draws_targets_by_class(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = []
+    for index, keyword in enumerate(["speech"] * 9 + ["piano", "dog", "bird"]):
+        sf.write(tmp_path / f"c{index}.wav", _tone(200.0 * (index + 1), rng).astype(np.float32), RATE)
+        rows.append({"path": f"c{index}.wav", "keywords": [keyword], "captions": [], "source": "t", "split": "test"})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    draw = lambda balanced, cache=None: ev.make_test_set(manifest, "test", "keyword", 80, 0, RATE, cache=cache,
+                                                         segment_seconds=SECONDS, balance_classes=balanced)
+    speech_share = lambda examples: np.mean([ex.clips[0].keywords == ["speech"] for ex in examples])
+    assert speech_share(draw(False)) > 0.6
+    assert speech_share(draw(True)) == pytest.approx(0.25, abs=0.12)
+    cache = tmp_path / "set.npz"
+    plain = draw(False, cache)
+    balanced = draw(True, cache)  # another identity: drawn again, not read from the plain set's cache
+    assert [ex.query for ex in balanced] != [ex.query for ex in plain]

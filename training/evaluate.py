@@ -15,9 +15,10 @@ text) is taken in the first bundle's CLAP space; CLAPScore_A and FAD in the embe
 which no model under test was trained to hit (the reference FAD uses VGGish, YAMNet's sibling): FAD over its
 0.96 s frames (`yamnet_frames`), CLAPScore_A between the clips' mean frames. The rows
 "No processing" (the mixture itself) and "Oracle IRM" (the ideal ratio mask from the true sources) are
-always added; control rows can be asked for: the model given another class's query, or queried by an example
-clip of the target's class instead of the text. OUTDIR receives table.md, table.csv and one per-example CSV per
-test set.
+always added; `--query-blind` adds "Mixture at half gain" and "Oracle gain" (the mixture at the best scalar gain
+for each mixture, `training.metrics.oracle_gain`), what a separator that ignores the query could reach; control
+rows can be asked for: the model given another class's query, or queried by an example clip of the target's
+class instead of the text. OUTDIR receives table.md, table.csv and one per-example CSV per test set.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from training.metrics import clap_score, clap_score_a, frechet_distance, oracle_irm, sdr, sdri, si_sdr
+from training.metrics import clap_score, clap_score_a, frechet_distance, oracle_gain, oracle_irm, sdr, sdri, si_sdr
 
 if TYPE_CHECKING:
     from hybridsep_rt.engine import Query, Separator
@@ -50,6 +51,11 @@ EmbedFrames = Callable[[np.ndarray], np.ndarray]  # (B, N) -> (B, frames, D), fo
 
 NO_PROCESSING = "No processing"
 ORACLE_IRM = "Oracle IRM"
+HALF_GAIN = "Mixture at half gain"
+ORACLE_GAIN = "Oracle gain"
+QUERY_BLIND = (HALF_GAIN, ORACLE_GAIN)  # reference rows that ignore the query
+HALF = 0.5  # the gain of the "Mixture at half gain" row
+REFERENCE_ROWS = (NO_PROCESSING, ORACLE_IRM, *QUERY_BLIND)
 # Test-set names of the table: "KA" as in Table 2; the caption set follows the recipe of DE-S (paper 3.2).
 TEST_SET_NAMES = {"keyword": "KA", "caption": "DE-S-like"}
 SEED_STREAMS = {"keyword": 0, "caption": 1}  # keeps the two sets' random draws apart under one seed
@@ -141,6 +147,10 @@ def _estimate(name: str, system: System | None, example: Example, n_fft: int, ho
         return mixture
     if name == ORACLE_IRM:
         return oracle_irm(mixture, example.target, n_fft, hop)
+    if name == HALF_GAIN:
+        return (HALF * mixture).astype(np.float32)
+    if name == ORACLE_GAIN:
+        return oracle_gain(mixture, example.target)
     estimate = np.asarray(system(mixture, example.query), dtype=np.float32)
     if estimate.shape != mixture.shape:
         raise ValueError(f"system {name!r} returned shape {estimate.shape} for a mixture of shape {mixture.shape}")
@@ -159,8 +169,10 @@ def evaluate(
     batch_size: int = EMBED_BATCH,
     progress: bool = True,
     description: str = "evaluating",
+    query_blind: bool = False,
 ) -> EvalResults:
-    """Score every system, plus "No processing" and "Oracle IRM", on the examples.
+    """Score every system, plus "No processing" and "Oracle IRM" (and with `query_blind` "Mixture at half gain"
+    and "Oracle gain"), on the examples.
 
     Args:
         systems: name -> function (mixture (N,) float32, query) -> estimate (N,).
@@ -174,13 +186,13 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    reserved = {NO_PROCESSING, ORACLE_IRM} & set(systems)
+    reserved = set(REFERENCE_ROWS) & set(systems)
     if reserved:
         raise ValueError(f"system names {sorted(reserved)} are reserved for the reference rows")
     examples = list(examples)
     if not examples:
         raise ValueError("no examples to evaluate")
-    names = [NO_PROCESSING, ORACLE_IRM, *systems]
+    names = [NO_PROCESSING, ORACLE_IRM, *(QUERY_BLIND if query_blind else ()), *systems]
     scores = {name: {metric: [] for metric in METRICS} for name in names}
     separated = {name: [] for name in names}
     targets = []
@@ -298,13 +310,15 @@ def make_test_set(
     segment_seconds: float | None = None,
     load: Callable | None = None,
     progress: bool = False,
+    balance_classes: bool = False,
 ) -> list[Example]:
     """Draw `n` test mixtures deterministically from one split, with the mixer's evaluation rules.
 
     Example `i` comes from a generator seeded with (seed, kind, i), so a set does not depend on how many
     examples are drawn after it. `kind` "keyword" gives the KA-like set, "caption" the DE-S-like set (see
     the module docstring). `segment_seconds` overrides the 10 s of the paper (for short tests); `load`
-    replaces reading the clips' files (Mixer's `load`).
+    replaces reading the clips' files (Mixer's `load`). `balance_classes` draws targets (and interferers) so
+    that every class is equally likely (`MixerConfig.balance_classes`), for splits dominated by one class.
 
     With `cache` (a .npz path) the set is read from there when it was made from the same manifest file
     and settings, else drawn and written there atomically. Cached examples keep mixture, target, query,
@@ -316,13 +330,15 @@ def make_test_set(
 
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    cfg = _mixer_config(kind, sample_rate, segment_seconds)
+    cfg = dataclasses.replace(_mixer_config(kind, sample_rate, segment_seconds), balance_classes=balance_classes)
     identity = None
     if cache is not None:
         if isinstance(manifest, Manifest):
             raise ValueError("a cached test set needs the manifest's path, to recognise it later")
         identity = {"manifest_sha256": _file_sha256(Path(manifest)), "split": split, "kind": kind, "n": n,
                     "seed": seed, "sample_rate": sample_rate, "segment_seconds": cfg.segment_seconds}
+        if balance_classes:
+            identity["balance_classes"] = True
         cached = _load_test_set(Path(cache), identity)
         if cached is not None:
             return cached
@@ -346,6 +362,7 @@ def make_test_set(
 
 def _ordered_systems(results_by_testset: Mapping[str, EvalResults]) -> list[str]:
     names = [NO_PROCESSING, ORACLE_IRM]
+    names += [name for name in QUERY_BLIND if any(name in results.scores for results in results_by_testset.values())]
     for results in results_by_testset.values():
         names += [name for name in results.systems if name not in names]
     return names
@@ -551,6 +568,8 @@ def evaluate_separators(
     other_query: str | None = None,
     example_query: str | None = None,
     example_split: str = "valid",
+    query_blind: bool = False,
+    balance_classes: bool = False,
 ) -> dict[str, EvalResults]:
     """Evaluate separators on the KA and DE-S-like sets drawn at the first separator's rate.
 
@@ -590,9 +609,10 @@ def evaluate_separators(
         name = TEST_SET_NAMES[kind]
         cache = None
         if cache_dir is not None:
-            cache = Path(cache_dir) / f"{kind}_{split}_n{n}_seed{seed}_{rate}hz.npz"
+            balanced = "_balanced" if balance_classes else ""
+            cache = Path(cache_dir) / f"{kind}_{split}_n{n}_seed{seed}_{rate}hz{balanced}.npz"
         examples = make_test_set(manifest, split, kind, n, seed, rate, cache=cache,
-                                 segment_seconds=segment_seconds, progress=progress)
+                                 segment_seconds=segment_seconds, progress=progress, balance_classes=balance_classes)
         rows = dict(systems)
         if other_query is not None:
             rows[f"{other_query}, other query"] = other_query_system(systems[other_query],
@@ -601,7 +621,7 @@ def evaluate_separators(
             rows[f"{example_query}, example clip"] = example_query_system(
                 separators[example_query], rate, examples, clips_by_class, hop_seconds, lookahead_seconds)
         results[name] = evaluate(rows, examples, embed_audio, embed_text, embed_frames, progress=progress,
-                                 description=f"evaluating {name}")
+                                 description=f"evaluating {name}", query_blind=query_blind)
     return results
 
 
@@ -683,6 +703,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "its target's class from --example-split instead of the text")
     parser.add_argument("--example-split", default="valid", metavar="SPLIT",
                         help="manifest split of the example clips, the first clip of each class (default: valid)")
+    parser.add_argument("--query-blind", action="store_true",
+                        help=f"add the query-blind rows {HALF_GAIN!r} and {ORACLE_GAIN!r} (the mixture at the best "
+                             "scalar gain for each mixture): the scores a separator that ignores the query could reach")
+    parser.add_argument("--balance-classes", action="store_true",
+                        help="draw the test mixtures' targets class-balanced (every class equally likely, not every "
+                             "clip): for splits where one class dominates, like the real corpus's speech")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -692,8 +718,8 @@ def run(args: argparse.Namespace) -> int:
     from hybridsep_rt.separator import OnnxSeparator
 
     names = [name for name, _ in args.bundle]
-    if len(set(names)) != len(names) or {NO_PROCESSING, ORACLE_IRM} & set(names):
-        return _fail(f"bundle names must be distinct and not {NO_PROCESSING!r} or {ORACLE_IRM!r}: {names}")
+    if len(set(names)) != len(names) or set(REFERENCE_ROWS) & set(names):
+        return _fail(f"bundle names must be distinct and none of {list(REFERENCE_ROWS)}: {names}")
     if args.keyword_n == 0 and args.caption_n == 0:
         return _fail("--keyword-n and --caption-n are both 0: nothing to evaluate")
     try:
@@ -702,7 +728,7 @@ def run(args: argparse.Namespace) -> int:
             separators, args.manifest, args.split, {"keyword": args.keyword_n, "caption": args.caption_n},
             args.seed, args.cache, args.hop_seconds, lookahead_seconds=args.lookahead_seconds,
             progress=not args.quiet, other_query=args.other_query, example_query=args.example_query,
-            example_split=args.example_split,
+            example_split=args.example_split, query_blind=args.query_blind, balance_classes=args.balance_classes,
         )
     except (BundleError, OSError, ValueError) as error:
         return _fail(str(error))

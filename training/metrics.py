@@ -11,6 +11,8 @@ or (B, D).
   (CLAPScore_A, paper section 3.3).
 - `frechet_distance`: the Frechet distance between two sets of embeddings (FAD, paper reference [7]).
 - `oracle_irm`: the ideal ratio mask computed from the true sources, the "Oracle IRM" upper bound.
+- `oracle_gain`: the mixture at the one scalar gain that is best for it (an oracle volume knob), a query-blind
+  baseline: what a separator that only turns the mixture up or down could reach.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from scipy.signal import ShortTimeFFT, get_window
 
 from hybridsep_rt.metrics import DCASE_SDR_EPS, power_ratio_db, sdr, sdri, wave_pair
 
-__all__ = ["DCASE_SDR_EPS", "sdr", "sdri", "si_sdr", "clap_score", "clap_score_a", "frechet_distance", "oracle_irm"]
+__all__ = ["DCASE_SDR_EPS", "sdr", "sdri", "si_sdr", "clap_score", "clap_score_a", "frechet_distance", "oracle_irm",
+           "oracle_gain"]
 
 # Table 2 of the paper reports CLAPScore and CLAPScore_A as cosine similarities times 100.
 CLAP_SCORE_SCALE = 100.0
@@ -120,3 +123,12 @@ def oracle_irm(mixture: np.ndarray, target: np.ndarray, n_fft: int, hop: int) ->
     mask = np.divide(target_mag, total, out=np.zeros_like(total), where=total > 0.0)
     estimate = transform.istft(mask * transform.stft(mixture), k1=mixture.shape[0])
     return estimate.astype(np.float32)
+
+
+def oracle_gain(mixture: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The mixture times the scalar that minimises ||target - g * mixture||^2, g = <target, mixture> / ||mixture||^2:
+    the gain of highest SDR (the SDR's error term is that distance). float32 (samples,)."""
+    mixture64, target64 = np.asarray(mixture, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    energy = float(np.dot(mixture64, mixture64))
+    gain = float(np.dot(target64, mixture64)) / energy if energy > 0 else 0.0
+    return (gain * mixture64).astype(np.float32)

@@ -22,6 +22,7 @@ from training.config import get_config
 from training.data.clips import ClipTextDataset
 from training.data.manifest import read_manifest
 from training.data.weak_labels import weak_labels
+from training.data.augment import AugmentConfig
 from training.data.mixer import MixerConfig, MixtureDataset
 from training.losses import adversarial_loss, discriminator_loss, pseudo_huber, symmetric_info_nce
 from training.models.discriminator import MultiScaleSTFTDiscriminator
@@ -132,8 +133,12 @@ class Stage:
         return self.cfg.segment_seconds or self.model.cfg.window_seconds
 
     def mixtures(self, split: str, length: int, mixer: MixerConfig | None = None) -> Indexed:
+        """Mixtures of one split; the training split's follow the config's augmentation and class balance."""
         mixer = mixer or MixerConfig.paper()
         mixer.segment_seconds = self.segment_seconds()
+        if split == "train":
+            mixer.augment = AugmentConfig() if self.cfg.augment else None
+            mixer.balance_classes, mixer.speech_share = self.cfg.balance_classes, self.cfg.speech_share
         return Indexed(MixtureDataset(self.cfg.manifest, split, self.sample_rate, self.cfg.seed, mixer, length))
 
     def valid_batches(self):

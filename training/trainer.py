@@ -59,6 +59,11 @@ class TrainConfig:
     weak_label_share: float = 0.25
     target_embedding: str = "clap"  # stage 2: "clap" (teacher forcing, Fig. 1) or "aet" (stage-1 predictions)
     segment_seconds: float | None = None  # training crop length; None = the model's window (paper 3.1: 10 s)
+    # stages 1-2, training mixtures only (not in the paper): augment each source (training/data/augment.py), and
+    # draw targets class-balanced with at most `speech_share` of them speech (real recordings are mostly speech)
+    augment: bool = False
+    balance_classes: bool = False
+    speech_share: float | None = None
     seed: int = 0
     workers: int = 2
     checkpoint_every: int = 500

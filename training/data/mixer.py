@@ -36,6 +36,13 @@ How they are applied here:
   of all of them to `peak` (< 1), so nothing clips and mixture == target + interference.
 - Clips longer than the segment are cropped at a random offset (a silent crop is redrawn);
   shorter ones are zero-padded at the end.
+
+Two training options that are not in the paper, both off by default and in every evaluation preset:
+
+- `augment` (training.data.augment): each source is transformed (gain, EQ, reverb, pitch, tempo; one band-limit
+  for the whole example) before mixing, so the target reference is the target exactly as it is in the mixture.
+- `balance_classes`: targets and interferers are drawn with weights that make every class (a clip's first
+  keyword) equally likely, instead of every clip; `speech_share` caps the share of "speech" targets.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import torch
 
+from training.data.augment import AugmentConfig, augment_sources
 from training.data.audio import fit_length, load_audio
 from training.data.manifest import MIXTURE_PEAK, SILENCE_PEAK, Clip, Manifest, read_manifest
 
@@ -75,6 +83,10 @@ class MixerConfig:
     caption_partner_distinct_keywords: bool = True
     peak: float = MIXTURE_PEAK
     max_tries: int = 20
+    augment: AugmentConfig | None = None  # None: no augmentation (evaluation)
+    balance_classes: bool = False
+    speech_share: float | None = None  # with balance_classes: the most "speech" targets may take
+
 
     def __post_init__(self) -> None:
         low, high = self.ratio_db
@@ -89,6 +101,8 @@ class MixerConfig:
             raise ValueError(f"peak must lie in (0, 1), got {self.peak}")
         if self.segment_seconds <= 0 or self.sample_rate <= 0:
             raise ValueError("segment_seconds and sample_rate must be positive")
+        if self.speech_share is not None and not 0.0 <= self.speech_share <= 1.0:
+            raise ValueError(f"speech_share must lie in [0, 1], got {self.speech_share}")
 
     @property
     def segment_samples(self) -> int:
@@ -146,6 +160,23 @@ def _normalised(keywords: Sequence[str]) -> set[str]:
     return {keyword.strip().lower() for keyword in keywords}
 
 
+SPEECH_CLASS = "speech"  # the class `speech_share` caps: clips whose first keyword is "speech" (any case)
+
+
+def class_weights(clips: Sequence[Clip], speech_share: float | None = None) -> np.ndarray:
+    """Draw probabilities that make every class (a clip's first keyword, else "") equally likely, with at most
+    `speech_share` of the mass on the speech class when given. Sums to 1."""
+    classes = [clip.keywords[0].strip().lower() if clip.keywords else "" for clip in clips]
+    names, inverse, counts = np.unique(np.array(classes, dtype=object), return_inverse=True, return_counts=True)
+    share = np.full(len(names), 1.0 / len(names))
+    speech = np.flatnonzero(names == SPEECH_CLASS)
+    if speech_share is not None and speech.size and len(names) > 1 and share[speech[0]] > speech_share:
+        share[:] = (1.0 - speech_share) / (len(names) - 1)
+        share[speech[0]] = speech_share
+    weights = share[inverse] / counts[inverse]
+    return weights / weights.sum()
+
+
 class _KeywordIndex:
     """For each keyword, the positions of the clips of a pool that carry it."""
 
@@ -189,6 +220,10 @@ class Mixer:
         self.caption_clips = [clip for clip in clips if clip.captions]
         self._keyword_index = _KeywordIndex(self.keyword_clips)
         self._caption_index = _KeywordIndex(self.caption_clips)
+        self._keyword_weights = self._caption_weights = None
+        if self.cfg.balance_classes:
+            self._keyword_weights = class_weights(self.keyword_clips, self.cfg.speech_share) if self.keyword_clips else None
+            self._caption_weights = class_weights(self.caption_clips, self.cfg.speech_share) if self.caption_clips else None
         has_keywords = len(self.keyword_clips) >= 2
         has_captions = len(self.caption_clips) >= CAPTION_SOURCES
         wanted = self.cfg.caption_probability
@@ -217,8 +252,22 @@ class Mixer:
             "a partner of distinct keywords, or their drawn segments are silent"
         )
 
+    @staticmethod
+    def _draw(rng: np.random.Generator, positions: np.ndarray | int, weights: np.ndarray | None,
+              size: int | None = None):
+        """Positions drawn without replacement: uniformly, or by `weights` (indexed by position) when given."""
+        if weights is None:
+            if isinstance(positions, int):
+                return int(rng.integers(positions))
+            return rng.choice(positions, size=size, replace=False) if size is not None else rng.choice(positions)
+        chosen = np.arange(positions) if isinstance(positions, int) else np.asarray(positions)
+        p = weights[chosen] / weights[chosen].sum()
+        if size is None:
+            return int(rng.choice(chosen, p=p))
+        return rng.choice(chosen, size=size, replace=False, p=p)
+
     def _keyword_example(self, rng: np.random.Generator) -> Example | None:
-        position = int(rng.integers(len(self.keyword_clips)))
+        position = self._draw(rng, len(self.keyword_clips), self._keyword_weights)
         target = self.keyword_clips[position]
         fewest, most = self.cfg.keyword_sources
         n_sources = int(rng.integers(fewest, most + 1))
@@ -228,18 +277,18 @@ class Mixer:
         n_sources = min(n_sources, len(candidates) + 1)
         if n_sources < fewest:
             return None
-        others = rng.choice(candidates, size=n_sources - 1, replace=False)
+        others = self._draw(rng, candidates, self._keyword_weights, size=n_sources - 1)
         clips = [target] + [self.keyword_clips[int(other)] for other in others]
         return self._mix(clips, join_keywords(target.keywords), "keyword", rng)
 
     def _caption_example(self, rng: np.random.Generator) -> Example | None:
-        position = int(rng.integers(len(self.caption_clips)))
+        position = self._draw(rng, len(self.caption_clips), self._caption_weights)
         target = self.caption_clips[position]
         avoid = target.keywords if self.cfg.caption_partner_distinct_keywords else []
         candidates = self._caption_index.without(avoid, also=position)
         if len(candidates) == 0:
             return None
-        partner = self.caption_clips[int(rng.choice(candidates))]
+        partner = self.caption_clips[int(self._draw(rng, candidates, self._caption_weights))]
         query = target.captions[int(rng.integers(len(target.captions)))]
         return self._mix([target, partner], query, "caption", rng)
 
@@ -261,6 +310,10 @@ class Mixer:
         segments = [self.segment(clip, rng) for clip in clips]
         if any(segment is None for segment in segments):
             return None
+        if self.cfg.augment is not None:
+            segments = augment_sources(segments, self.cfg.sample_rate, self.cfg.augment, rng)
+            if any(not np.mean(segment**2) > 0.0 for segment in segments):
+                return None
         ratio_db = float(rng.uniform(*self.cfg.ratio_db))
         target = segments[0]
         others = np.stack([segment / np.sqrt(np.mean(segment**2)) for segment in segments[1:]])
