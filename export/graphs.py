@@ -78,10 +78,10 @@ def _fix_output_shapes(path, feeds: dict, dynamic: dict[str, dict[int, str]]) ->
 
 # Op types kept in fp32: normalisation statistics, softmax, powers and roots, the LSTM recurrences, logs and
 # exps, divisions and reductions overflow or lose precision in fp16; ConvTranspose is the iSTFT / iPQMF
-# overlap-add of this model.
+# overlap-add of this model; DequantizeLinear restores YAMNet's int8-stored weights (its output type is the scale's).
 FP16_BLOCKED_OPS = (
     "LayerNormalization", "BatchNormalization", "Softmax", "Pow", "Sqrt", "LSTM", "Log", "Exp", "Div",
-    "ReduceMean", "ReduceSum", "ReduceL2", "ReduceMax", "ConvTranspose",
+    "ReduceMean", "ReduceSum", "ReduceL2", "ReduceMax", "ConvTranspose", "DequantizeLinear",
 )
 # Modules whose nodes stay in fp32: the DSP front-ends (DFT bases, mel and fbank filters, resampling
 # kernels, PQMF). Their intermediate values (power spectra, 2^15-scaled fbank input) exceed fp16's range.

@@ -8,6 +8,7 @@ Layout (``hybridsep export`` writes it, :meth:`Bundle.load` reads and validates 
       aet.onnx             (mixture, text_embedding) -> target_embedding     absent for a one-stage model
       asm.onnx             (mixture, target_embedding) -> separated
       audio_encoder.onnx   (wave) -> audio_embedding                         query by example, CLAPScore
+      tagger.onnx          (wave) -> class_scores (batch, frames, classes)   live tags (YAMNet); optional
       *.fp16.onnx          optional fp16 variants of the graphs (same inputs and outputs)
       *.int8.onnx          int8-weight variants (float32 arithmetic); text_encoder.int8.onnx by default
       tokenizer.json       a `tokenizers` tokenizer of the text encoder
@@ -28,6 +29,7 @@ manifest.json::
                 "text_encoder": {..., "variants": {"int8": {"file": "text_encoder.int8.onnx", ...,
                                                             "quantization": {...}}}},
                 ...},
+     "tagger": {"classes": ["Speech", ...], "first_frame_seconds": 0.3225, "frame_seconds": 0.32},
      "provenance": {"config": {...}, "git_commit": "...", "evaluation": {...}, "created": "...", ...}}
 """
 
@@ -48,6 +50,7 @@ __all__ = [
     "AET",
     "ASM",
     "AUDIO_ENCODER",
+    "TAGGER",
     "GRAPH_IO",
     "PRECISIONS",
     "BundleError",
@@ -70,6 +73,7 @@ TEXT_ENCODER = "text_encoder"
 AET = "aet"
 ASM = "asm"
 AUDIO_ENCODER = "audio_encoder"
+TAGGER = "tagger"  # optional: a bundle without it separates but cannot tag
 
 # The input and output names of each graph, in order: the contract between the exporter and the runtime.
 GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -77,6 +81,7 @@ GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     AET: (("mixture", "text_embedding"), ("target_embedding",)),
     ASM: (("mixture", "target_embedding"), ("separated",)),
     AUDIO_ENCODER: (("wave",), ("audio_embedding",)),
+    TAGGER: (("wave",), ("class_scores",)),
 }
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -168,6 +173,16 @@ class GraphInfo:
 
 
 @dataclass(frozen=True)
+class TaggerInfo:
+    """What the tagger's scores mean: the class of each column, and the time of each row (row i is centred at
+    ``first_frame_seconds + i * frame_seconds`` into the window)."""
+
+    classes: tuple[str, ...]
+    first_frame_seconds: float
+    frame_seconds: float
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A validated bundle. Build it with :meth:`load`."""
 
@@ -180,6 +195,7 @@ class Bundle:
     one_stage: bool
     graphs: dict[str, GraphInfo]
     tokenizer_path: Path
+    tagger: TaggerInfo | None = None
 
     @property
     def window_seconds(self) -> float:
@@ -230,7 +246,7 @@ class Bundle:
 
         expected = {TEXT_ENCODER, ASM, AUDIO_ENCODER} | (set() if one_stage else {AET})
         missing = expected - set(graph_entries)
-        unexpected = set(graph_entries) - expected
+        unexpected = set(graph_entries) - expected - {TAGGER}
         if missing:
             raise BundleError(f"{where} lists no {', '.join(sorted(missing))} graph")
         if unexpected:
@@ -241,12 +257,13 @@ class Bundle:
         _check_sizes(where, graphs, sizes)
         tokenizer_path = _checked_file(folder, tokenizer_entry, "tokenizer")
         _check_tokenizer(tokenizer_path)
+        tagger = _tagger_info(where, manifest, graphs)
         if check_graphs:
             for graph in graphs.values():
                 for variant in graph.variants.values():
                     _check_graph_loads(folder / variant.file, graph)
         return cls(folder, manifest, sizes["sample_rate"], sizes["window_samples"], sizes["embedding_dim"],
-                   sizes["max_text_tokens"], one_stage, graphs, tokenizer_path)
+                   sizes["max_text_tokens"], one_stage, graphs, tokenizer_path, tagger)
 
 
 def _read_manifest(folder: Path) -> dict:
@@ -315,6 +332,7 @@ def _check_sizes(where: Path, graphs: dict[str, GraphInfo], sizes: dict[str, int
         (AET, "mixture"): window, (AET, "text_embedding"): embedding, (AET, "target_embedding"): embedding,
         (TEXT_ENCODER, "text_embedding"): embedding,
         (AUDIO_ENCODER, "wave"): window, (AUDIO_ENCODER, "audio_embedding"): embedding,
+        (TAGGER, "wave"): window,
     }
     for (graph, tensor), size in wanted.items():
         if graph not in graphs:
@@ -322,6 +340,27 @@ def _check_sizes(where: Path, graphs: dict[str, GraphInfo], sizes: dict[str, int
         spec = next(s for s in (*graphs[graph].inputs, *graphs[graph].outputs) if s.name == tensor)
         if len(spec.shape) != 2 or spec.shape[1] != size:
             raise BundleError(f"{where}: {graph} {tensor} has shape {list(spec.shape)}, expected [batch, {size}]")
+
+
+def _tagger_info(where: Path, manifest: dict, graphs: dict[str, GraphInfo]) -> TaggerInfo | None:
+    """The manifest's "tagger" entry, which a bundle with a tagger graph must have and one without must not."""
+    entry = manifest.get("tagger")
+    if (entry is None) != (TAGGER not in graphs):
+        raise BundleError(f"{where}: a tagger graph and a \"tagger\" entry come together; this bundle has only one")
+    if entry is None:
+        return None
+    try:
+        classes = tuple(entry["classes"])
+        info = TaggerInfo(classes, float(entry["first_frame_seconds"]), float(entry["frame_seconds"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{where}: the tagger entry is malformed ({type(e).__name__}: {e})") from None
+    if not classes or not all(isinstance(c, str) for c in classes) or info.frame_seconds <= 0:
+        raise BundleError(f"{where}: the tagger entry needs class names and a positive frame_seconds")
+    spec = graphs[TAGGER].outputs[0]
+    if len(spec.shape) != 3 or spec.shape[2] != len(classes):
+        raise BundleError(f"{where}: the tagger's class_scores have shape {list(spec.shape)}, expected "
+                          f"[batch, frames, {len(classes)}]")
+    return info
 
 
 def _check_tokenizer(path: Path) -> None:

@@ -13,7 +13,6 @@ from training.models.beats import (
     BEATsConfig,
     WeightNormConv1d,
     relative_position_bucket_table,
-    resample_frames,
 )
 
 SAMPLE_RATE = 16000
@@ -263,27 +262,18 @@ def test_batch_items_are_independent():
     assert torch.allclose(together, alone, atol=1e-5)
 
 
-def test_frame_features_shapes_and_alignment_for_10s():
+def test_time_patch_features_and_their_centres_for_10s():
     model = tiny_model()
     wave = waves(2, 10.0)
     with torch.no_grad():
         patches = model.extract_features(wave)
-        frames = model.frame_features(wave, num_frames=431)
+        frames = model.time_patch_features(wave)
     # 10 s -> 1 + (160000 - 400) // 160 = 998 fbank frames -> 62 time patches x 8 mel patches.
     assert patches.shape == (2, 62 * 8, 64)
-    assert frames.shape == (2, 431, 64)
-    per_time_patch = patches.view(2, 62, 8, 64).mean(dim=2)
-    assert torch.allclose(frames, resample_frames(per_time_patch, 431), atol=1e-6)
-    assert torch.allclose(frames[:, 0], per_time_patch[:, 0], atol=1e-6)  # edges clamp to the end patches
-    assert torch.allclose(frames[:, -1], per_time_patch[:, -1], atol=1e-6)
-
-
-def test_resample_frames_places_frames_at_half_pixel_positions():
-    patches, frames = 62, 431
-    ramp = torch.arange(patches, dtype=torch.float32)[None, :, None].expand(1, patches, 3)
-    out = resample_frames(ramp, frames)[0, :, 0].numpy()
-    expected = np.clip((np.arange(frames) + 0.5) * patches / frames - 0.5, 0, patches - 1)
-    np.testing.assert_allclose(out, expected, atol=1e-4)
+    assert torch.allclose(frames, patches.view(2, 62, 8, 64).mean(dim=2), atol=1e-6)
+    # patch 0 holds fbank frames 0..15, centred at 7.5 * 10 ms + 12.5 ms; one patch every 16 frames
+    first, spacing = model.patch_centre_seconds()
+    assert first == pytest.approx(0.0875) and spacing == pytest.approx(0.16)
 
 
 def test_default_config_fails_clearly_and_iter3_is_90m_parameters():
@@ -314,18 +304,17 @@ def test_tag_probabilities_need_a_tagging_head():
 
 
 class FrameFeatures(torch.nn.Module):
-    def __init__(self, beats: BEATs, num_frames: int):
+    def __init__(self, beats: BEATs):
         super().__init__()
         self.beats = beats
-        self.num_frames = num_frames
 
     def forward(self, wave16k: torch.Tensor) -> torch.Tensor:
-        return self.beats.frame_features(wave16k, self.num_frames)
+        return self.beats.time_patch_features(wave16k)
 
 
-def test_onnx_export_of_frame_features_matches_torch(tmp_path):
+def test_onnx_export_of_time_patch_features_matches_torch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    module = FrameFeatures(tiny_model(), num_frames=87).eval()
+    module = FrameFeatures(tiny_model()).eval()
     path = tmp_path / "beats_frames.onnx"
     with torch.no_grad():
         torch.onnx.export(
@@ -336,7 +325,7 @@ def test_onnx_export_of_frame_features_matches_torch(tmp_path):
             dynamo=False,
             input_names=["wave16k"],
             output_names=["frames"],
-            dynamic_axes={"wave16k": {0: "batch", 1: "samples"}},
+            dynamic_axes={"wave16k": {0: "batch", 1: "samples"}, "frames": {0: "batch", 1: "patches"}},
         )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch, seconds in [(1, 2.0), (2, 3.3)]:  # the traced length and another one
@@ -344,5 +333,5 @@ def test_onnx_export_of_frame_features_matches_torch(tmp_path):
         with torch.no_grad():
             expected = module(wave).numpy()
         (got,) = session.run(None, {"wave16k": wave.numpy()})
-        assert got.shape == (batch, 87, 64)
+        assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

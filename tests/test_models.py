@@ -106,7 +106,7 @@ def test_small_forward_backward_two_10s_windows(small_model):
         else:
             assert p.grad is None, f"frozen parameter {name} got a gradient"
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert any(n.startswith("clap.") for n in frozen) and any(n.startswith("asm.beats.") for n in frozen)
+    assert any(n.startswith("clap.") for n in frozen) and any(n.startswith("asm.ssl.") for n in frozen)
     assert not any(n.startswith(("asm.stack", "fe.", "aet.", "cd.")) for n in frozen)
     model.zero_grad(set_to_none=True)
 
@@ -114,7 +114,7 @@ def test_small_forward_backward_two_10s_windows(small_model):
 def test_frozen_encoders_stay_in_eval_mode(small_model):
     small_model.train()
     assert small_model.asm.stack.training
-    assert not small_model.asm.beats.training and not small_model.clap.training
+    assert not small_model.asm.ssl.training and not small_model.clap.training
 
 
 def test_ablations_build_and_run():
@@ -126,7 +126,7 @@ def test_ablations_build_and_run():
             out = model.separate(mixture, ["a violin"])
         assert out.shape == mixture.shape and torch.isfinite(out).all()
     assert HybridSep(get_config("small", one_stage=True)).aet is None
-    assert HybridSep(get_config("small", no_ssl=True)).asm.beats is None
+    assert HybridSep(get_config("small", no_ssl=True)).asm.ssl is None
     assert HybridSep(get_config("small", no_cd=True)).cd is None
 
 
@@ -149,7 +149,7 @@ def test_paper_forward_on_a_short_window():
     with torch.no_grad():
         out = model.separate(mixture, ["fireworks"])
     assert out.shape == mixture.shape and torch.isfinite(out).all()
-    asm_params = sum(p.numel() for n, p in model.asm.named_parameters() if not n.startswith("beats."))
+    asm_params = sum(p.numel() for n, p in model.asm.named_parameters() if not n.startswith("ssl."))
     assert 20e6 <= asm_params <= 30e6, asm_params  # paper 3.1: "25M in ASM", within 20 %
 
 
@@ -205,14 +205,14 @@ def test_pretrained_beats_checkpoint_is_loaded_into_the_model(tmp_path):
         for p in beats.parameters():
             p.add_(0.01)
     beats.save_checkpoint(tmp_path / "beats.pt")
-    model = HybridSep(get_config("small", beats_checkpoint=str(tmp_path / "beats.pt")))
+    model = HybridSep(get_config("small", ssl="beats", beats_checkpoint=str(tmp_path / "beats.pt")))
     for name, value in beats.state_dict().items():
-        assert torch.equal(model.asm.beats.state_dict()[name], value), name
+        assert torch.equal(model.asm.ssl.beats.state_dict()[name], value), name
     assert model.cfg.beats_checkpoint is None
     model.save_pretrained(tmp_path / "m")
     (tmp_path / "beats.pt").unlink()
     loaded = HybridSep.from_pretrained(tmp_path / "m")
-    assert torch.equal(loaded.asm.beats.patch_embedding.weight, beats.patch_embedding.weight)
+    assert torch.equal(loaded.asm.ssl.beats.patch_embedding.weight, beats.patch_embedding.weight)
 
 
 def test_nested_overrides():

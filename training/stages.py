@@ -21,6 +21,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from training.config import get_config
 from training.data.clips import ClipTextDataset
+from training.data.manifest import read_manifest
+from training.data.weak_labels import weak_labels
 from training.data.mixer import MixerConfig, MixtureDataset
 from training.losses import (adversarial_loss, discriminator_loss, feature_matching_loss, pseudo_huber,
                              symmetric_info_nce)
@@ -28,6 +30,10 @@ from training.models.discriminator import MultiScaleSTFTDiscriminator
 from training.models.hybridsep import HybridSep
 from training.schedules import SIGMA_MIN, sample_noise_levels
 from training.trainer import DistributedEnv, TrainConfig, generators_for
+
+
+WEAK_LABELS_FILE = "weak_labels.json"  # stage 0's cache of YAMNet's weak labels, in its output folder
+OPEN_VOCABULARY_CLASSES = 20  # AudioSet classes outside the corpus's keywords scored by stage 0's evaluation
 
 
 class Indexed(torch.utils.data.Dataset):
@@ -54,7 +60,12 @@ def collate(items: list[dict]) -> dict:
 def build_model(cfg: TrainConfig) -> HybridSep:
     if cfg.init:
         return HybridSep.from_pretrained(cfg.init, overrides=cfg.model, new_parts=cfg.init_new_parts)
-    return HybridSep(get_config(cfg.preset, **cfg.model))
+    model_cfg = get_config(cfg.preset, **cfg.model)
+    if model_cfg.ssl == "beats" and not (model_cfg.no_ssl or model_cfg.beats_checkpoint or model_cfg.allow_random_beats):
+        raise ValueError("the ASM's BEATs is frozen, so without pretrained weights it stays random: name an official "
+                         "checkpoint (--set model.beats_checkpoint=PATH), use YAMNet (--set model.ssl=yamnet), or "
+                         "train with a random BEATs on purpose (--set model.allow_random_beats=true)")
+    return HybridSep(model_cfg)
 
 
 class Stage:
@@ -159,9 +170,16 @@ class ContrastiveStage(Stage):
             p.requires_grad_(True)
         self.encoder = ContrastiveModel(self.clap)
         window = self.segment_seconds()
-        self.train_set = Indexed(ClipTextDataset(cfg.manifest, "train", self.sample_rate, cfg.seed, window,
-                                                 length=cfg.steps * cfg.batch_size))
-        self.valid_set = Indexed(ClipTextDataset(cfg.manifest, "valid", self.sample_rate, cfg.seed + 1, window))
+        manifest = read_manifest(cfg.manifest, check_audio=False)
+        weak = {split: None for split in ("train", "valid")}
+        if cfg.weak_label_share > 0:
+            weak = {split: weak_labels(manifest.split(split), Path(cfg.out) / WEAK_LABELS_FILE, progress=env.is_main)
+                    for split in weak}
+        self.train_set = Indexed(ClipTextDataset(manifest, "train", self.sample_rate, cfg.seed, window,
+                                                 length=cfg.steps * cfg.batch_size, weak_labels=weak["train"],
+                                                 weak_share=cfg.weak_label_share))
+        self.valid_set = Indexed(ClipTextDataset(manifest, "valid", self.sample_rate, cfg.seed + 1, window))
+        self.open_vocabulary = open_vocabulary_classes(manifest.split("valid"), weak["valid"])
         self.optimizer = self.adamw(self.encoder)
 
     def trainable(self):
@@ -188,7 +206,15 @@ class ContrastiveStage(Stage):
             audio.append(self.clap.audio_features(batch["audio"]))
             text.append(self.clap.embed_text(batch["text"]).to(self.env.device))
             clip += batch["clip"]
-        return retrieval_recall(torch.cat(text), torch.cat(audio), clip)
+        audio = torch.cat(audio)
+        scores = retrieval_recall(torch.cat(text), audio, clip)
+        if self.open_vocabulary:
+            # one embedding per clip of the split (the valid set holds each clip once, in order)
+            names = sorted(self.open_vocabulary)
+            names_emb = self.clap.embed_text(names).to(self.env.device)
+            scores.update(open_vocabulary_hits(names_emb, audio[torch.tensor(clip).argsort()],
+                                               [self.open_vocabulary[n] for n in names]))
+        return scores
 
 
 class ContrastiveModel(nn.Module):
@@ -207,6 +233,30 @@ class ContrastiveModel(nn.Module):
         super().train(mode)
         self.clap.train(mode)  # the encoder keeps its frozen text tower in inference mode itself
         return self
+
+
+def open_vocabulary_classes(clips, labels: list[list[str]] | None, limit: int = OPEN_VOCABULARY_CLASSES) -> dict:
+    """The AudioSet classes that YAMNet tags valid clips with and that no corpus keyword names: the ``limit`` most
+    frequent, each with the positions of the clips it tags ({class name: set of clip positions})."""
+    if not labels:
+        return {}
+    keywords = {k.lower() for clip in clips for k in clip.keywords}
+    tagged: dict[str, set[int]] = {}
+    for position, names in enumerate(labels):
+        for name in names:
+            if name.lower() not in keywords:
+                tagged.setdefault(name, set()).add(position)
+    return dict(sorted(tagged.items(), key=lambda item: (-len(item[1]), item[0]))[:limit])
+
+
+def open_vocabulary_hits(names_emb: torch.Tensor, audio_emb: torch.Tensor, tagged: list[set[int]]) -> dict:
+    """How often an AudioSet class name as a text query retrieves clips YAMNet tags as that class: the share of
+    classes whose top-ranked clip is tagged so (hit@1), and whose top 5 hold one (hit@5)."""
+    ranked = (names_emb @ audio_emb.t()).argsort(dim=1, descending=True).cpu().tolist()
+    hits = [[position in clips for position in order[:5]] for order, clips in zip(ranked, tagged)]
+    return {"open_vocabulary_hit@1": float(np.mean([h[0] for h in hits])),
+            "open_vocabulary_hit@5": float(np.mean([any(h) for h in hits])),
+            "open_vocabulary_classes": float(len(hits))}
 
 
 def retrieval_recall(text_emb: torch.Tensor, audio_emb: torch.Tensor, clip_ids: list[int]) -> dict:

@@ -33,13 +33,14 @@ def count(module) -> tuple[int, int]:
 
 def module_counts(model, discriminator, clap_name: str) -> list[tuple[str, int, int]]:
     asm_trainable, _ = count(model.asm)
-    beats_trainable, beats_frozen = count(model.asm.beats)
+    ssl_trainable, ssl_frozen = count(model.asm.ssl)
+    ssl = {"beats": "BEATs", "yamnet": f"YAMNet to layer {model.cfg.yamnet_layer}"}[model.cfg.ssl]
     rows = [
         (clap_name, *count(model.clap)),
         ("FE (2.1)", *count(model.fe)),
         ("AET (2.1)", *count(model.aet)),
-        ("ASM without BEATs (2.2)", asm_trainable - beats_trainable, 0),
-        ("BEATs (frozen, 2.2)", beats_trainable, beats_frozen),
+        ("ASM without its SSL encoder (2.2)", asm_trainable - ssl_trainable, 0),
+        (f"{ssl} (frozen SSL features, 2.2)", ssl_trainable, ssl_frozen),
         ("CD (2.2, training only)", *count(model.cd)),
         ("Discriminator (2.2, training only)", *count(discriminator)),
     ]

@@ -60,6 +60,9 @@ class TrainConfig:
     # student), evaluates it beside the raw weights (valid/sdri_ema) and saves it as the model; 0: no EMA
     warmup_steps: int = 0  # stage 2: the first steps train the ASM on L1 alone (no discriminator, no CD; not in
     # the paper): a query-following generator at a sixth of a full step's cost before adversarial training
+    # stage 0: a clip's YAMNet weak labels (AudioSet class names it is tagged with, training/data/weak_labels.py)
+    # stand in for its own text this often (0: none)
+    weak_label_share: float = 0.25
     target_embedding: str = "clap"  # stage 2: "clap" (teacher forcing, Fig. 1) or "aet" (stage-1 predictions)
     segment_seconds: float | None = None  # training crop length; None = the model's window (paper 3.1: 10 s)
     seed: int = 0

@@ -14,11 +14,14 @@ from training.data.mixer import Mixer, MixerConfig, join_keywords
 class ClipTextDataset(torch.utils.data.Dataset):
     """Item i: a non-silent segment of clip (i mod n) of one split, and one text for it: one of its captions or
     its keywords joined into a phrase, drawn at random. Draws are seeded from (seed, i).
+    ``weak_labels`` (one list per clip of the split, `training.data.weak_labels`): with probability ``weak_share``
+    the text is one of the clip's weak labels instead, when it has any.
     Items: {"audio": float32 (samples,), "text": str, "clip": int (the clip's position in the split)}.
     """
 
     def __init__(self, manifest: str | Path | Manifest, split: str, sample_rate: int, seed: int = 0,
-                 segment_seconds: float = 10.0, length: int | None = None):
+                 segment_seconds: float = 10.0, length: int | None = None,
+                 weak_labels: list[list[str]] | None = None, weak_share: float = 0.0):
         if not isinstance(manifest, Manifest):
             manifest = read_manifest(manifest, check_audio=False)
         self.clips = manifest.split(split)
@@ -27,6 +30,10 @@ class ClipTextDataset(torch.utils.data.Dataset):
         self.mixer = Mixer(self.clips, MixerConfig(sample_rate=sample_rate, segment_seconds=segment_seconds))
         self.seed = seed
         self.length = len(self.clips) if length is None else length
+        if weak_labels is not None and len(weak_labels) != len(self.clips):
+            raise ValueError(f"weak_labels has {len(weak_labels)} lists for {len(self.clips)} clips")
+        self.weak_labels = weak_labels
+        self.weak_share = weak_share
 
     def __len__(self) -> int:
         return self.length
@@ -41,5 +48,8 @@ class ClipTextDataset(torch.utils.data.Dataset):
         if segment is None:
             raise ValueError(f"{clip.path}: every drawn segment is silent; remove the clip from the manifest")
         texts = list(clip.captions) + ([join_keywords(clip.keywords)] if clip.keywords else [])
+        weak = self.weak_labels[position] if self.weak_labels else []
+        if weak and rng.random() < self.weak_share:
+            texts = weak
         text = texts[int(rng.integers(len(texts)))]
         return {"audio": torch.from_numpy(segment.astype(np.float32)), "text": text, "clip": position}

@@ -2,7 +2,7 @@
 
 mixture (B, N) at the training mixtures' level (`input_gain`) -> PQMF (4 subbands) -> STFT per subband
    -> compressed spectrogram (B, T, F, 8)
-   ++ BEATs frame features projected per bin (B, T, F, side)
+   ++ SSL frame features (BEATs or YAMNet, at the STFT frames' centre times) projected per bin (B, T, F, side)
 -> TRCNN x4 (down) -> [FA, TEACA] x4 -> TRCNN x4 (up, skip connections, a TEACA after each skip)
 -> complex ratio mask (B, T, F, 8), unbounded, x mixture spectrogram -> iSTFT -> iPQMF -> separated (B, N), at the
    input's level
@@ -19,11 +19,10 @@ from training.data.manifest import MIXTURE_PEAK
 from training.models.beats import BEATs
 from training.models.blocks import TRCNN, FrequencyAxisAttention, NoiseLevelFiLM, TargetEmbeddingCrossAttention
 from training.models.level import peak_gain
+from training.models.frames import stft_frame_centres
 from training.models.pqmf import PQMF
-from training.models.resample import Resample
+from training.models.ssl import build_ssl_encoder
 from training.models.stft import STFT
-
-BEATS_SAMPLE_RATE = 16000  # BEATs is trained on 16 kHz audio (Chen et al. [14]; paper 4)
 
 
 def bins_per_layer(cfg: ASMConfig) -> list[int]:
@@ -87,12 +86,14 @@ def apply_complex_mask(mask: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
 
 
 class FrameToBins(nn.Module):
-    """Frame-wise vectors (B, T, D) -> (B, T, F, channels): a linear map to `channels` values per bin."""
+    """Frame-wise vectors (B, T, D) -> (B, T, F, channels): a linear map to `channels` values per bin; with `rank`,
+    through `rank` values first (a low-rank map: D x rank + rank x F x channels weights instead of D x F x channels)."""
 
-    def __init__(self, dim: int, channels: int, bins: int):
+    def __init__(self, dim: int, channels: int, bins: int, rank: int = 0):
         super().__init__()
         self.channels, self.bins = channels, bins
-        self.proj = nn.Linear(dim, bins * channels)
+        out = bins * channels
+        self.proj = nn.Sequential(nn.Linear(dim, rank), nn.Linear(rank, out)) if rank else nn.Linear(dim, out)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         b, t, _ = frames.shape
@@ -186,18 +187,18 @@ class AudioSeparationModel(nn.Module):
     """
 
     def __init__(self, cfg: HybridSepConfig, beats: BEATs | None = None):
-        """`beats`: a loaded (pretrained) BEATs encoder; by default a new one is built from `cfg.beats`."""
+        """`beats`: a loaded (pretrained) BEATs encoder for `cfg.ssl == "beats"`; by default a new one is built from
+        `cfg.beats`."""
         super().__init__()
         a = cfg.asm
         self.cfg = cfg
         self.spectrogram = SubbandSpectrogram(a)
         bins = a.n_fft // 2
         in_channels = 2 * a.subbands
-        self.beats = None
+        self.ssl = None
         if not cfg.no_ssl:
-            self.resample = Resample(cfg.sample_rate, BEATS_SAMPLE_RATE)
-            self.beats = beats if beats is not None else BEATs(cfg.beats)
-            self.beats_to_bins = FrameToBins(cfg.beats.encoder_embed_dim, a.side_channels, bins)
+            self.ssl = build_ssl_encoder(cfg, beats)
+            self.ssl_to_bins = FrameToBins(self.ssl.dim, a.side_channels, bins, a.ssl_rank)
             in_channels += a.side_channels
         self.stack = TRCNNStack(a, in_channels, cfg.embedding_dim)
         self.condition = ConditionProjection(a)
@@ -209,9 +210,10 @@ class AudioSeparationModel(nn.Module):
         mixture = mixture * gain
         spec = self.spectrogram(mixture)
         x = compress(spec[:, :, :-1], self.cfg.asm.compress)  # the stack leaves out the Nyquist bin
-        if self.beats is not None:
-            frames = self.beats.frame_features(self.resample(mixture), spec.shape[1])
-            x = torch.cat((x, self.beats_to_bins(frames)), dim=-1)
+        if self.ssl is not None:
+            centres = stft_frame_centres(spec.shape[1], self.cfg.asm.hop_length * self.cfg.asm.subbands
+                                         / self.cfg.sample_rate)
+            x = torch.cat((x, self.ssl_to_bins(self.ssl(mixture, centres))), dim=-1)
         mask, maps = self.stack(x, embedding)
         separated = self.spectrogram.inverse(apply_complex_mask(mask, spec), mixture.shape[-1])
         return separated / gain, self.condition(maps)

