@@ -74,8 +74,8 @@ def test_the_consistency_loss_rewards_denoising_not_collapse():
     zero_f = held_out_loss()
     cd.network = network
     untrained = held_out_loss()
-    optimizer = torch.optim.Adam(cd.parameters(), lr=1e-3)
-    for step in range(60):
+    optimizer = torch.optim.Adam(cd.parameters(), lr=2e-3)
+    for step in range(80):
         loss = consistency_loss(cd, target, condition, step=0, seed=step)
         optimizer.zero_grad()
         loss.backward()
@@ -93,8 +93,8 @@ def manifest(tmp_path_factory):
 def test_feature_matching_trains_the_generator_and_not_the_discriminator(manifest, tmp_path, monkeypatch):
     """In the generator step (phase 2 of Algorithm 1) the relative feature-matching loss is part of the loss,
     sends gradient to the ASM and none to the discriminator, whose gradients stay those of its own step."""
-    real = 0.1 * torch.randn(2, N, requires_grad=True)
-    fake = 0.1 * torch.randn(2, N, requires_grad=True)
+    real = (0.1 * torch.randn(2, N)).requires_grad_()
+    fake = (0.1 * torch.randn(2, N)).requires_grad_()
     disc = MultiScaleSTFTDiscriminator(get_config("small").discriminator)
     _, features = disc(torch.cat((real, fake)))
     loss = feature_matching_loss([[f[:2] for f in s] for s in features], [[f[2:] for f in s] for s in features])
@@ -110,8 +110,10 @@ def test_feature_matching_trains_the_generator_and_not_the_discriminator(manifes
 
     def spy(real_features, fake_features):
         loss = feature_matching_loss(real_features, fake_features)
-        seen["loss"] = float(loss)
-        seen["disc_trainable"] = [n for n, p in stage.discriminator.named_parameters() if p.requires_grad]
+        seen["loss"] = float(loss.detach())
+        disc = list(stage.discriminator.parameters())
+        seen["disc_grads_from_feat"] = [g for g in torch.autograd.grad(loss, disc, retain_graph=True, allow_unused=True)
+                                        if g is not None]
         asm = [p for p in stage.model.asm.parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, asm, retain_graph=True, allow_unused=True)
         seen["asm_grad"] = float(sum(g.abs().sum() for g in grads if g is not None))
@@ -131,7 +133,7 @@ def test_feature_matching_trains_the_generator_and_not_the_discriminator(manifes
     scalars = stage.train_step(batch, 0)
     assert seen["loss"] > 0 and float(scalars["feat"]) == pytest.approx(seen["loss"])
     assert seen["asm_grad"] > 0
-    assert seen["disc_trainable"] == []
+    assert seen["disc_grads_from_feat"] == []
     for before, p in zip(seen["disc_grads"], stage.discriminator.parameters()):
         assert torch.equal(before, p.grad)
 
