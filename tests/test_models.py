@@ -88,7 +88,8 @@ def test_small_forward_backward_two_10s_windows(small_model):
     frames_asm = cfg.window_samples // cfg.asm.subbands // cfg.asm.hop_length + 1
     assert condition.shape == (2, frames_asm, 4 * cfg.asm.cond_dim)
 
-    denoised = model.cd(target + 0.1 * torch.randn_like(target), condition)
+    sigma = torch.tensor([0.05, 2.0])
+    denoised = model.cd(target + sigma[:, None] * torch.randn_like(target), sigma, condition)
     assert denoised.shape == target.shape
 
     disc = MultiScaleSTFTDiscriminator(cfg.discriminator)

@@ -55,8 +55,13 @@ class ASMConfig:
       stay that of the STFT so the output spectrogram lines up with the mixture's.
     - The last channel count, 8, is 4 PQMF subbands x (real, imaginary): the stack predicts a complex
       ratio mask per subband that multiplies the mixture's subband spectrogram.
-    - Placement of FA and TEACA ("interleaved"): at the bottleneck, FA then TEACA, four times.
+    - Placement of FA and TEACA ("interleaved"): at the bottleneck, FA then TEACA, `fa_layers` times, and
+      one more TEACA after each of the three decoder skip connections, so that the query meets every scale
+      the decoder sees (see `TRCNNStack`). The CD's stack has no TEACA (paper 2.2).
     - Encoder and decoder maps of the same resolution are joined by additive skip connections.
+    - The last TRCNN has no GELU: its output is the mask (ASM) or the spectrogram (CD), and a GELU there would
+      bound every component below by GELU's minimum, -0.17, which caps how much of the mixture a mask can
+      cancel (see `TRCNN`).
     """
 
     subbands: int = 4  # paper 2.2: "PQMF ... split the audio mixture into 4 subbands"
@@ -104,6 +109,21 @@ class DiscriminatorConfig:
 
 
 @dataclass
+class DenoiserConfig:
+    """The conditional denoiser as a consistency function (paper 2.2 after [8] [17]; see
+    `training/models/denoiser.py`)."""
+
+    # Not in the paper: [8] (appendix C) and [17] take sigma_data = 0.5, the standard deviation of their images
+    # in [-1, 1]. Here it is that of the stage-2 training targets: the RMS of X_target over 2000 training
+    # mixtures of the local corpus (`hybridsep corpus build --hours 2 --seed 0`, MixerConfig.paper(), 10 s
+    # windows), `training.data.mixer.target_std`: 0.1147. It depends on the mixing rules more than on the
+    # clips (every mixture peaks at 0.9, the target at -20..+20 dB to the rest).
+    sigma_data: float = 0.115
+    noise_features: int = 32  # not given: Fourier features of the noise level (cos and sin of 16 frequencies)
+    noise_dim: int = 64  # not given: width of the noise-level embedding fed to every block
+
+
+@dataclass
 class ClapSettings:
     """Which audio-text encoder the model uses.
 
@@ -130,6 +150,7 @@ class HybridSepConfig:
     asm: ASMConfig = field(default_factory=ASMConfig)
     beats: BEATsConfig = field(default_factory=BEATsConfig.iter3)  # paper 2.2: the 90M BEATs encoder [14]
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    cd: DenoiserConfig = field(default_factory=DenoiserConfig)
     clap: ClapSettings = field(default_factory=ClapSettings)
     beats_checkpoint: str | None = None  # an official BEATs checkpoint file to load (its cfg replaces `beats`)
     # The ASM's SSL-feature slot (2.2): "beats" (the paper's BEATs [14]) or "yamnet" (YAMNet, AudioSet-trained,
@@ -176,6 +197,7 @@ class HybridSepConfig:
             "aet": AETConfig,
             "asm": ASMConfig,
             "discriminator": DiscriminatorConfig,
+            "cd": DenoiserConfig,
             "clap": ClapSettings,
         }
         kwargs = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
@@ -195,7 +217,15 @@ class HybridSepConfig:
 
 
 def paper_config() -> HybridSepConfig:
-    """Table 1 of the paper, at 44.1 kHz (the ablation setting of 3.2)."""
+    """Table 1 of the paper, at 44.1 kHz (the ablation setting of 3.2).
+
+    Table 1 and section 3.1 disagree on the size of stage 1. Table 1's width, Dim 512, gives FE 10.0 M and AET
+    101.7 M parameters (`hybridsep params --preset paper`), while 3.1 states "40M in FE, 415M in AET". A width of
+    1024 (8 heads, feed-forward 4 x 1024) reproduces 3.1 within 3 %: FE 38.8 M, AET 404.7 M
+    (`hybridsep params --preset paper --set 'fe={"dim": 1024}' --set 'aet={"dim": 1024}'`). The preset keeps
+    Table 1, the specification; those two overrides give the size of 3.1. The ASM has 21.3 M parameters at
+    Table 1's channels against 3.1's "25M" (3.1's parts, 40 + 415 + 25 M, also add up to more than its
+    "approximately 460M" in all)."""
     return HybridSepConfig(clap=ClapSettings(backend="hf"))
 
 

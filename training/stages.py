@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from training.config import get_config
 from training.data.clips import ClipTextDataset
@@ -24,10 +25,11 @@ from training.data.manifest import read_manifest
 from training.data.weak_labels import weak_labels
 from training.data.augment import AugmentConfig
 from training.data.mixer import MixerConfig, MixtureDataset
-from training.losses import adversarial_loss, discriminator_loss, pseudo_huber, symmetric_info_nce
+from training.losses import (adversarial_loss, discriminator_loss, feature_matching_loss, pseudo_huber,
+                             symmetric_info_nce)
 from training.models.discriminator import MultiScaleSTFTDiscriminator
 from training.models.hybridsep import HybridSep
-from training.schedules import sample_noise_levels
+from training.schedules import SIGMA_MIN, sample_noise_levels
 from training.trainer import DistributedEnv, TrainConfig, generators_for
 
 
@@ -346,11 +348,18 @@ class AdversarialConsistentStage(Stage):
 
     Per iteration k: one forward gives (X_gen, c) = ASM(X_mixed) and, with noise levels sigma_i < sigma_{i+1} and
     weight lambda_consist(k) from the consistency-training schedules (schedules.py) and one z ~ N(0, I) per
-    example, CD(X_target + sigma_{i+1} z, c) and CD(X_target + sigma_i z, c). Phase 1 trains D with the LSGAN loss
-    on X_target vs X_gen (detached). Phase 2: L_consist = d(pred1, pred2.detach()) with the pseudo-Huber d;
-    L_T = L_adv + lambda_L1 * L1 + lambda_consist(k) * L_consist (L_adv from the updated D); one AdamW step on ASM
-    and CD. Algorithm 1 runs the ASM again for phase 2, but only D has changed by then, so the regenerated X_gen
-    and c are the ones phase 1 saw: one forward gives the same step and saves a forward of the ASM.
+    example, the consistency function f = CD (denoiser.py) at both points of that trajectory:
+    f(X_target + sigma_{i+1} z, sigma_{i+1}, c) and f(X_target + sigma_i z, sigma_i, c).
+    Phase 1 trains D with the LSGAN loss on X_target vs X_gen (detached). Phase 2: the updated D sees both again;
+    L_adv (LSGAN) and the relative feature matching L_feat of Xcodec / EnCodec [16] on its feature maps;
+    L_consist = d(pred1, pred2.detach()) with the pseudo-Huber d (the teacher is the student with its gradient
+    stopped, as in iCT [17]: no EMA teacher);
+    L_T = L_adv + lambda_feat * L_feat + lambda_L1 * L1 + lambda_consist(k) * L_consist; one AdamW step on ASM and
+    CD. Algorithm 1 runs the ASM again for phase 2, but only D has changed by then, so the regenerated X_gen and c
+    are the ones phase 1 saw: one forward gives the same step and saves a forward of the ASM.
+
+    With `ema_decay` > 0 an EMA of the ASM's weights is kept, evaluated beside the raw weights and saved as the
+    model. Every `log_every` steps the CD is probed on the batch's targets (`denoiser_probe`).
 
     The ASM's target embedding: the frozen CLAP audio encoder on X_target (teacher forcing) by default — Fig. 1
     trains the ASM "based on target audio embedding" while the AET's prediction replaces it at inference (Fig. 2);
@@ -367,9 +376,15 @@ class AdversarialConsistentStage(Stage):
         self.valid_set = self.mixtures("valid", cfg.eval_examples, MixerConfig.keyword_eval())
         self.opt_g = self.adamw(self.generator)  # opt_ASM: ASM and CD (Algorithm 1)
         self.opt_d = self.adamw(self.discriminator)  # opt_D
+        self.ema = None
+        if cfg.ema_decay > 0:
+            self.ema = AveragedModel(self.model.asm, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
 
     def trainable(self):
         return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def modules(self):
+        return self.trainable() if self.ema is None else {**self.trainable(), "ema": self.ema}
 
     def optimizers(self):
         return {"generator": self.opt_g, "discriminator": self.opt_d}
@@ -392,34 +407,35 @@ class AdversarialConsistentStage(Stage):
         if step < self.cfg.warmup_steps:
             return self.warmup_step(mixture, target, emb)
         disc = self.run("discriminator")
-        noisy1 = noisy2 = None
+        noisy = sigma = None
         if self.generator.cd is not None:
             gens = generators_for(batch["index"], self.cfg.seed, salt=2)
             sigma_lo, sigma_hi, weight = (x.to(target.device) for x in sample_noise_levels(step, self.cfg.steps, gens))
             z = torch.stack([torch.randn(target.shape[1:], generator=g) for g in gens]).to(target.device)
-            noisy1 = target + sigma_hi[:, None] * z
-            noisy2 = target + sigma_lo[:, None] * z
+            noisy = torch.cat((target + sigma_hi[:, None] * z, target + sigma_lo[:, None] * z))
+            sigma = torch.cat((sigma_hi, sigma_lo))
         # One forward serves both phases: only D changes in between (see the class docstring).
         with self.autocast():
-            generated, pred1, pred2 = self.run("generator")(mixture, emb, noisy1, noisy2)
+            generated, condition, pred1, pred2 = self.run("generator")(mixture, emb, noisy, sigma)
 
         # Phase 1: train D.
+        n = len(target)
         with self.autocast():
             logits, _ = disc(torch.cat((target, generated.detach().float())))
-        real = [l[: len(target)] for l in logits]
-        fake = [l[len(target):] for l in logits]
-        loss_d = discriminator_loss(real, fake)
+        loss_d = discriminator_loss([l[:n] for l in logits], [l[n:] for l in logits])
         norm_d = self.step_optimizer(self.opt_d, loss_d)
 
         # Phase 2: train ASM and CD.
         self.discriminator.requires_grad_(False)  # phase 2 needs D's input gradients only
         with self.autocast():
             with disc.no_sync() if isinstance(disc, DistributedDataParallel) else contextlib.nullcontext():
-                fake_logits, _ = disc(generated.float())
+                logits, features = disc(torch.cat((target, generated.float())))
         self.discriminator.requires_grad_(True)
-        loss_adv = adversarial_loss(fake_logits)
+        loss_adv = adversarial_loss([l[n:] for l in logits])
+        loss_feat = feature_matching_loss([[f[:n] for f in scale] for scale in features],
+                                          [[f[n:] for f in scale] for scale in features])
         loss_l1 = (generated.float() - target).abs().mean()
-        loss = loss_adv + self.cfg.lambda_l1 * loss_l1
+        loss = loss_adv + self.cfg.lambda_feat * loss_feat + self.cfg.lambda_l1 * loss_l1
         scalars = {}
         if pred1 is not None:
             consist = pseudo_huber(pred1.float(), pred2.detach().float())
@@ -427,15 +443,44 @@ class AdversarialConsistentStage(Stage):
             loss = loss + loss_consist
             scalars["consist"] = loss_consist.detach()
         norm_g = self.step_optimizer(self.opt_g, loss)
-        return {"loss_d": loss_d.detach(), "adv": loss_adv.detach(), "l1": loss_l1.detach(), **scalars,
-                "loss": loss.detach(), "grad_norm_g": norm_g, "grad_norm_d": norm_d}
+        if self.ema is not None:
+            self.ema.update_parameters(self.model.asm)
+        if self.generator.cd is not None and (step + 1) % self.cfg.log_every == 0:
+            scalars.update(self.denoiser_probe(target, condition.detach(), batch["index"]))
+        return {"loss_d": loss_d.detach(), "adv": loss_adv.detach(), "feat": loss_feat.detach(), "l1": loss_l1.detach(),
+                **scalars, "loss": loss.detach(), "grad_norm_g": norm_g, "grad_norm_d": norm_d}
+
+    @torch.no_grad()
+    def denoiser_probe(self, target: torch.Tensor, condition: torch.Tensor, indices) -> dict:
+        """What the CD does with the targets it is trained on, a check against collapse:
+        - cd_rms_clean: RMS of f(x + sigma z, sigma) over RMS of x, for a nearly clean x (sigma = RMS(x) / 10, 20 dB
+          SNR), averaged over the batch; a CD that shrinks its output towards zeros shows it as a ratio under 1;
+        - cd_denoise_db: SNR of f over SNR of its input at sigma = sigma_data (0 dB SNR for a typical target)."""
+        gens = generators_for(indices, self.cfg.seed, salt=3)
+        z = torch.stack([torch.randn(target.shape[1:], generator=g) for g in gens]).to(target.device)
+        rms = target.pow(2).mean(dim=-1).sqrt().clamp_min(1e-6)
+        sigma_clean = (0.1 * rms).clamp_min(SIGMA_MIN)
+        sigma_mid = torch.full_like(rms, self.model.cfg.cd.sigma_data)
+        sigma = torch.cat((sigma_clean, sigma_mid))
+        noisy = torch.cat((target, target)) + sigma[:, None] * torch.cat((z, z))
+        with self.autocast():
+            out = self.generator.cd(noisy, sigma, torch.cat((condition, condition))).float()
+        clean, mid = out[: len(target)], out[len(target):]
+
+        def snr(estimate):
+            return 10 * torch.log10(target.pow(2).sum(-1) / (estimate - target).pow(2).sum(-1).clamp_min(1e-12))
+
+        return {"cd_rms_clean": (clean.pow(2).mean(dim=-1).sqrt() / rms).mean(),
+                "cd_denoise_db": (snr(mid) - snr(noisy[len(target):])).mean()}
 
     def warmup_step(self, mixture: torch.Tensor, target: torch.Tensor, emb: torch.Tensor) -> dict:
         """A warm-up step (`warmup_steps`): L1 alone on the ASM; D and the CD wait."""
         with self.autocast():
-            generated, _, _ = self.run("generator")(mixture, emb)
+            generated, _, _, _ = self.run("generator")(mixture, emb)
         loss_l1 = (generated.float() - target).abs().mean()
         norm_g = self.step_optimizer(self.opt_g, self.cfg.lambda_l1 * loss_l1)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model.asm)
         return {"l1": loss_l1.detach(), "grad_norm_g": norm_g}
 
     @torch.no_grad()
@@ -443,15 +488,20 @@ class AdversarialConsistentStage(Stage):
         from training.metrics import sdri
 
         self.model.eval()
-        improvements = []
+        separators = {"sdri": self.model.asm}
+        if self.ema is not None:
+            separators["sdri_ema"] = self.ema.module.eval()
+        improvements = {name: [] for name in separators}
         for batch in self.valid_batches():
             batch = self.to_device(batch)
             text_emb = self.model.clap.embed_text(batch["query"]).to(self.env.device)
-            estimate = self.model(batch["mixture"], text_emb)  # inference path: the AET's embedding (Fig. 2)
-            for est, ref, mix in zip(estimate.cpu().numpy(), batch["target"].cpu().numpy(),
-                                     batch["mixture"].cpu().numpy()):
-                improvements.append(sdri(ref, est, mix))
-        return {"sdri": float(np.mean(improvements))}
+            emb = self.model.target_embedding(batch["mixture"], text_emb)  # inference path: the AET's (Fig. 2)
+            for name, asm in separators.items():
+                estimate, _ = asm(batch["mixture"], emb)
+                for est, ref, mix in zip(estimate.cpu().numpy(), batch["target"].cpu().numpy(),
+                                         batch["mixture"].cpu().numpy()):
+                    improvements[name].append(sdri(ref, est, mix))
+        return {name: float(np.mean(values)) for name, values in improvements.items()}
 
     @torch.no_grad()
     def log_audio(self, writer, step: int) -> None:
@@ -462,21 +512,33 @@ class AdversarialConsistentStage(Stage):
             writer.add_audio(f"example/{name}", wave.clamp(-1, 1).cpu(), step, sample_rate=self.sample_rate)
         writer.add_text("example/query", batch["query"][0], step)
 
+    def save_model(self, folder: Path) -> None:
+        """The model folder; with an EMA, its ASM weights are the EMA's (the raw ones stay in the checkpoint)."""
+        if self.ema is None:
+            return super().save_model(folder)
+        raw = {k: v.detach().clone() for k, v in self.model.asm.state_dict().items()}
+        self.model.asm.load_state_dict(self.ema.module.state_dict())
+        try:
+            super().save_model(folder)
+        finally:
+            self.model.asm.load_state_dict(raw)
+
 
 class Generator(nn.Module):
-    """ASM and CD as one module (what opt_ASM trains): forward(mixture, emb, noisy1, noisy2) ->
-    (X_gen, CD(noisy1, c), CD(noisy2, c)); without CD (the no_cd ablation) the predictions are None."""
+    """ASM and CD as one module (what opt_ASM trains): forward(mixture, emb, noisy, sigma) ->
+    (X_gen, c, CD(first half of noisy), CD(second half)), `noisy` (2B, N) holding both points of each trajectory
+    and `sigma` (2B,) their noise levels; without CD (the no_cd ablation) or noisy the predictions are None."""
 
     def __init__(self, model: HybridSep):
         super().__init__()
         self.asm, self.cd = model.asm, model.cd
 
-    def forward(self, mixture, emb, noisy1=None, noisy2=None):
+    def forward(self, mixture, emb, noisy=None, sigma=None):
         generated, condition = self.asm(mixture, emb)
-        if self.cd is None or noisy1 is None:
-            return generated, None, None
-        pred = self.cd(torch.cat((noisy1, noisy2)), torch.cat((condition, condition)))
-        return generated, pred[: len(noisy1)], pred[len(noisy1):]
+        if self.cd is None or noisy is None:
+            return generated, condition, None, None
+        pred = self.cd(noisy, sigma, torch.cat((condition, condition)))
+        return generated, condition, pred[: len(mixture)], pred[len(mixture):]
 
 
 STAGES = {"stage0": ContrastiveStage, "stage1": EmbeddingStage, "stage2": AdversarialConsistentStage}

@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=None, help="window length to time (default: the preset's)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for --time (default: 2)")
     parser.add_argument("--clap", default=None, help="local CLAP folder for presets that use the 'hf' backend")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a model setting, the value as JSON, e.g. --set 'aet={\"dim\": 1024}' "
+                             "(repeatable)")
 
 
 def count(module) -> tuple[int, int]:
@@ -51,11 +54,12 @@ def run(args) -> int:
     from training.models.clap import build_audio_text_encoder
     from training.models.discriminator import MultiScaleSTFTDiscriminator
     from training.models.hybridsep import HybridSep
+    from training.trainer import parse_overrides
 
     torch.set_num_threads(args.threads)
     for preset in args.preset:
         overrides = {"sample_rate": args.sample_rate} if args.sample_rate else {}
-        cfg = get_config(preset, **overrides)
+        cfg = get_config(preset, **overrides, **parse_overrides(args.set))
         clap_name = "CLAP text+audio encoders (frozen, 2.1)"
         if cfg.clap.backend == "hf":
             if args.clap:

@@ -51,7 +51,13 @@ class TrainConfig:
     weight_decay: float = 0.01  # not given: AdamW's usual default
     grad_clip: float = 1.0  # not given: clip the gradient norm of each optimiser's parameters
     lambda_l1: float = 1.0  # paper 2.2: "lambda_L1 is set to 1"
+    # Feature matching, the discriminator loss of Xcodec / EnCodec [16] that Algorithm 1 does not write out: EnCodec
+    # weighs it as its adversarial loss (lambda_feat = lambda_g = 3; audiocraft's EnCodec recipe: feat = adv = 4),
+    # so here as L_adv, whose weight in Algorithm 1 is 1.
+    lambda_feat: float = 1.0
     consist_weight: float = 1.0  # global factor on lambda_consist(k) (schedules.py)
+    ema_decay: float = 0.0  # stage 2: > 0 keeps an EMA of the ASM's weights (as iCT [17] keeps one of its
+    # student), evaluates it beside the raw weights (valid/sdri_ema) and saves it as the model; 0: no EMA
     warmup_steps: int = 0  # stage 2: the first steps train the ASM on L1 alone (no discriminator, no CD; not in
     # the paper): a query-following generator at a sixth of a full step's cost before adversarial training
     # stage 0: a clip's YAMNet weak labels (AudioSet class names it is tagged with, training/data/weak_labels.py)
@@ -110,19 +116,26 @@ class TrainConfig:
     def with_overrides(self, overrides: list[str]) -> "TrainConfig":
         """`key=value` overrides (value parsed as JSON, else a string); `model.key=value` sets a model override."""
         data = dataclasses.asdict(self)
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise ValueError(f"override {item!r} is not of the form key=value")
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
+        for key, value in parse_overrides(overrides).items():
             if key.startswith("model."):
                 data["model"][key[len("model."):]] = value
             else:
                 data[key] = value
         return TrainConfig.from_dict(data)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`key=value` strings -> {key: value}, each value parsed as JSON, else kept as a string."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
 
 
 @dataclass
@@ -222,10 +235,15 @@ def load_checkpoint(path: Path, stage) -> int:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"cannot read the checkpoint {path}: {e}; move it away to start over") from e
-    for name, m in stage.modules().items():
-        m.load_state_dict(state["modules"][name])
-    for name, o in stage.optimizers().items():
-        o.load_state_dict(state["optimizers"][name])
+    try:
+        for name, m in stage.modules().items():
+            m.load_state_dict(state["modules"][name])
+        for name, o in stage.optimizers().items():
+            o.load_state_dict(state["optimizers"][name])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise ValueError(f"the checkpoint {path} does not fit this run's model (it was written by another "
+                         f"version of the code or other settings): {e}. Move it away to start over, or start a "
+                         "new run from its OUT/model with --init (and --set init_new_parts=true for new parts)") from e
     set_rng_state(state["rng"])
     return int(state["step"])
 

@@ -4,7 +4,8 @@ mixture (B, N) at the training mixtures' level (`input_gain`) -> PQMF (4 subband
    -> compressed spectrogram (B, T, F, 8)
    ++ SSL frame features (BEATs or YAMNet, at the STFT frames' centre times) projected per bin (B, T, F, side)
 -> TRCNN x4 (down) -> [FA, TEACA] x4 -> TRCNN x4 (up, skip connections, a TEACA after each skip)
--> complex ratio mask (B, T, F, 8) x mixture spectrogram -> iSTFT -> iPQMF -> separated (B, N), at the input's level
+-> complex ratio mask (B, T, F, 8), unbounded, x mixture spectrogram -> iSTFT -> iPQMF -> separated (B, N), at the
+   input's level
 The decoder's four feature maps are projected per frame to the CD's condition vectors.
 """
 
@@ -16,7 +17,7 @@ from torch import nn
 from training.config import ASMConfig, HybridSepConfig
 from training.data.manifest import MIXTURE_PEAK
 from training.models.beats import BEATs
-from training.models.blocks import TRCNN, FrequencyAxisAttention, TargetEmbeddingCrossAttention
+from training.models.blocks import TRCNN, FrequencyAxisAttention, NoiseLevelFiLM, TargetEmbeddingCrossAttention
 from training.models.level import peak_gain
 from training.models.frames import stft_frame_centres
 from training.models.pqmf import PQMF
@@ -105,21 +106,26 @@ class TRCNNStack(nn.Module):
 
     The paper names TEACA one of the stack's interleaved module types without placing it. With TEACA at the
     bottleneck only, the skips give the decoder a path to the mask that never meets the query; a TEACA after
-    every skip gives the query a say at each scale.
+    every skip gives the query a say at each scale. The last TRCNN has no GELU (its output is the mask; see
+    `TRCNN`).
 
     Input (B, T, F, in_channels) over the stack's F = n_fft / 2 bins. With `embedding_dim` None it has no TEACA:
-    that is the conditional denoiser's "streamlined variant" (2.2). Returns the output map
-    (B, T, F, channels[-1]) and the four decoder maps (the sources of the CD condition).
+    that is the conditional denoiser's "streamlined variant" (2.2). With `noise_dim` the input of every TRCNN and
+    FA block is first modulated by the noise-level embedding (`NoiseLevelFiLM`): the CD's noise-level input.
+    Returns the output map (B, T, F, out_channels) and the four decoder maps (the sources of the CD condition);
+    `out_channels` defaults to channels[-1], the mask's 2 x subbands.
     """
 
-    def __init__(self, cfg: ASMConfig, in_channels: int, embedding_dim: int | None):
+    def __init__(self, cfg: ASMConfig, in_channels: int, embedding_dim: int | None, noise_dim: int | None = None,
+                 out_channels: int | None = None):
         super().__init__()
         bins = bins_per_layer(cfg)
-        widths = (in_channels,) + cfg.channels
+        widths = (in_channels,) + cfg.channels[:-1] + (out_channels or cfg.channels[-1],)
         self.encoder = nn.ModuleList(
             TRCNN(widths[i], widths[i + 1], cfg.lstm_hidden[i], cfg.stride, transpose=False) for i in range(4))
         self.decoder = nn.ModuleList(
-            TRCNN(widths[i], widths[i + 1], cfg.lstm_hidden[i], cfg.stride, transpose=True) for i in range(4, 8))
+            TRCNN(widths[i], widths[i + 1], cfg.lstm_hidden[i], cfg.stride, transpose=True, activation=i < 7)
+            for i in range(4, 8))
         width, f = cfg.channels[3], bins[4]
         self.fa = nn.ModuleList(
             FrequencyAxisAttention(width, f, cfg.fa_heads, cfg.fa_kernel, cfg.fa_ffn_mult) for _ in range(cfg.fa_layers))
@@ -131,19 +137,27 @@ class TRCNNStack(nn.Module):
             self.decoder_teaca = nn.ModuleList(
                 TargetEmbeddingCrossAttention(cfg.channels[4 + i], embedding_dim, cfg.teaca_dim, cfg.teaca_heads)
                 for i in range(3))
+        self.noise_film = None
+        if noise_dim is not None:  # one per TRCNN (its input width), then one per FA
+            self.noise_film = nn.ModuleList(
+                [NoiseLevelFiLM(noise_dim, widths[i]) for i in range(8)]
+                + [NoiseLevelFiLM(noise_dim, width) for _ in range(cfg.fa_layers)])
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None):
+    def _film(self, i: int, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        return x if self.noise_film is None else self.noise_film[i](x, noise)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None, noise: torch.Tensor | None = None):
         skips = []
-        for block in self.encoder:
-            x = block(x)
+        for i, block in enumerate(self.encoder):
+            x = block(self._film(i, x, noise))
             skips.append(x)
         for i, fa in enumerate(self.fa):
-            x = fa(x)
+            x = fa(self._film(8 + i, x, noise))
             if self.teaca is not None:
                 x = self.teaca[i](x, embedding)
         maps = []
         for i, block in enumerate(self.decoder):
-            x = block(x)
+            x = block(self._film(4 + i, x, noise))
             if i < 3:
                 x = x + skips[2 - i]
                 if self.decoder_teaca is not None:

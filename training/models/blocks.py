@@ -52,13 +52,16 @@ class TRCNN(nn.Module):
     reads and writes every bin. The time extent stays 1, as in Table 1.
 
     `lstm_hidden` 0 leaves the BiLSTM out (a CPU-size option; every TRCNN of the paper preset has one).
+    `activation` False leaves the GELU out: the stack's last TRCNN, whose output is the mask (or the CD's
+    spectrogram), has none, since GELU(x) >= -0.17 would bound every component of the mask from below.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, lstm_hidden: int, stride: int, transpose: bool):
+    def __init__(self, in_channels: int, out_channels: int, lstm_hidden: int, stride: int, transpose: bool,
+                 activation: bool = True):
         super().__init__()
         conv = FrequencyPatchDeconv if transpose else FrequencyPatchConv
         self.conv = conv(in_channels, out_channels, stride)
-        self.act = nn.GELU()
+        self.act = nn.GELU() if activation else nn.Identity()
         self.lstm = self.proj = None
         if lstm_hidden:
             self.lstm = nn.LSTM(out_channels, lstm_hidden, bidirectional=True)  # sequence-first: ONNX's layout
@@ -146,4 +149,17 @@ class TargetEmbeddingCrossAttention(nn.Module):
         q = q[:, None, None, :].expand(b, t, 1, q.shape[-1]).reshape(b * t, 1, q.shape[-1])
         context = self.attn(q, keys, keys) + q  # (B*T, 1, dim)
         scale, shift = self.film(context).reshape(b, t, 1, 2 * c).chunk(2, dim=-1)  # (B, T, 1, C) each
+        return x * (1 + scale) + shift
+
+
+class NoiseLevelFiLM(nn.Module):
+    """A per-channel scale and shift of a channels-last map from the noise-level embedding (B, D), the way
+    diffusion and consistency networks feed the noise level to their blocks: x (1 + scale) + shift."""
+
+    def __init__(self, noise_dim: int, channels: int):
+        super().__init__()
+        self.proj = nn.Linear(noise_dim, 2 * channels)
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.proj(noise)[:, None, None, :].chunk(2, dim=-1)  # (B, 1, 1, C) each
         return x * (1 + scale) + shift
