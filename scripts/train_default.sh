@@ -5,6 +5,9 @@
 # stage-2 step every stage-2 run trains to this time (its schedule spans 3000 steps). BATCH2 is the stage-2
 # batch: 4 on a CPU; on a GPU (DEVICE=cuda) 16 or more keeps it busy, with WORKERS data loader processes.
 # DECAY2=N lowers the stage-2 learning rate linearly over the last N steps of the 3000 (default 0: constant).
+# Stage 2 is full ACT (Algorithm 1: L1, adversarial and feature-matching losses, the CD's consistency loss) from its
+# first step. WARMUP2=N trains the ASM on L1 alone for its first N steps (no discriminator, no CD) at about a sixth
+# of the cost of an ACT step: the shipped model's phase 3 used 1200, and its query use grew there (docs/eval).
 # L1FINAL="N ..." ends every stage-2 run with phases of L1 alone (no discriminator, no CD), one per number: N more
 # steps, the learning rate back at 4e-4 and falling linearly towards 0 over the last N/2 of them (default: none).
 #   STOP2=1250 THREADS=2 scripts/train_default.sh
@@ -20,6 +23,7 @@ batch2=${BATCH2:-4}
 workers=${WORKERS:-1}
 device=${DEVICE:-auto}
 decay2=${DECAY2:-0}
+warmup2=${WARMUP2:-0}
 l1final=${L1FINAL:-}
 export OMP_NUM_THREADS=${THREADS:-2}
 manifest=$runs/corpus/manifest.jsonl
@@ -31,10 +35,10 @@ $hs train stage0 --manifest "$manifest" --out "$runs/small/stage0" --preset smal
 $hs train stage1 --manifest "$manifest" --out "$runs/default/stage1" --init "$runs/small/stage0/model" \
   --steps 1000 --batch-size 8 --set stop_at=425 --set lr=3e-4 --set eval_every=250 --set eval_examples=64 \
   --set checkpoint_every=50
-stage2() {  # NAME INIT [--set ...]: one stage-2 run, batch BATCH2 of 2 s crops, 1200 L1 warm-up steps first
+stage2() {  # NAME INIT [--set ...]: one stage-2 run, batch BATCH2 of 2 s crops, WARMUP2 L1 steps first
   local name=$1 init=$2; shift 2
   $hs train stage2 --manifest "$manifest" --out "$runs/default/$name" --init "$init" --steps 3000 --batch-size "$batch2" \
-    --device "$device" --set stop_at="$stop2" --set lr=4e-4 --set lr_decay_steps="$decay2" --set warmup_steps=1200 \
+    --device "$device" --set stop_at="$stop2" --set lr=4e-4 --set lr_decay_steps="$decay2" --set warmup_steps="$warmup2" \
     --set segment_seconds=2.0 --set "$disc" --set eval_every=100 --set eval_examples=16 --set checkpoint_every=25 \
     --set workers="$workers" "$@"
 }
